@@ -1,0 +1,149 @@
+"""Command-line entry points behind ``train.py`` and ``eval.py``.
+
+Flags map onto config keys; any other key is set with ``key.sub=value``. Errors
+caused by the user's input end with a one-paragraph message and exit code 2.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import List, Optional
+
+from .config import Config, from_dict, load_config, merge, parse_override
+from .errors import FewShotError
+
+DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                              "configs", "default.yaml")
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data-root", help="dataset root (data.root)")
+    parser.add_argument("--way", type=int, help="classes per episode (episode.n_way)")
+    parser.add_argument("--shot", type=int, help="support images per class (episode.n_shot)")
+    parser.add_argument("--query", type=int, help="query images per class")
+    parser.add_argument("--device", help="auto, cpu, cuda or cuda:N (run.device)")
+    parser.add_argument("overrides", nargs="*", metavar="key.sub=value",
+                        help="set any config key, e.g. meta.lr=0.001 model.options.solver=exact")
+
+
+def _flag_overrides(args: argparse.Namespace, mapping: dict) -> List[str]:
+    out = []
+    for attr, key in mapping.items():
+        value = getattr(args, attr, None)
+        if value is not None:
+            out.append(f"{key}={value}")
+    return out
+
+
+def _run(main, argv: Optional[List[str]]) -> int:
+    try:
+        return main(argv)
+    except FewShotError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def _train(argv: Optional[List[str]]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="train.py", description="Train a few-shot classifier (pretrain and/or meta stage).")
+    parser.add_argument("--config", default=DEFAULT_CONFIG, help="YAML config (default: %(default)s)")
+    parser.add_argument("--stage", choices=["pretrain", "meta", "both"], help="stage(s) to run")
+    parser.add_argument("--seed", type=int, help="run.seed")
+    parser.add_argument("--out", help="output folder (run.out)")
+    parser.add_argument("--resume", nargs="?", const="", default=None, metavar="CHECKPOINT",
+                        help="continue from CHECKPOINT (default: the stage's last.pt in --out)")
+    parser.add_argument("--max-steps", type=int, help="stop each stage after N optimisation steps")
+    _common(parser)
+    args = parser.parse_args(argv)
+    overrides = _flag_overrides(args, {
+        "data_root": "data.root", "way": "episode.n_way", "shot": "episode.n_shot",
+        "query": "episode.n_query", "seed": "run.seed", "device": "run.device", "out": "run.out",
+        "max_steps": "run.max_steps", "stage": "run.stage"}) + args.overrides
+    config = load_config(args.config, overrides)
+    from .engine import meta_train, pretrain  # heavy imports after the arguments are checked
+
+    stage = config.run.stage
+    if stage not in ("pretrain", "meta", "both"):
+        raise FewShotError(f"run.stage: {stage!r} is not one of pretrain, meta, both")
+    if stage in ("pretrain", "both"):
+        best = pretrain(config, resume=args.resume)
+        if stage == "both":
+            config.meta.pretrained = best
+    if stage in ("meta", "both"):
+        meta_train(config, resume=args.resume)
+    return 0
+
+
+def _eval(argv: Optional[List[str]]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="eval.py", description="Evaluate a checkpoint on fixed few-shot episodes.")
+    parser.add_argument("--checkpoint", required=True, help="a best.pt / last.pt written by train.py")
+    parser.add_argument("--episodes", type=int, help="number of episodes (default 5000 for 1-shot, 600 otherwise)")
+    parser.add_argument("--episodes-file", help="evaluate on the episodes of this manifest (JSON/CSV)")
+    parser.add_argument("--write-episodes", help="write the evaluated episodes to this manifest")
+    parser.add_argument("--split", help="split to evaluate (eval.split, default test)")
+    parser.add_argument("--seed", type=int, help="episode seed (eval.seed)")
+    parser.add_argument("--result", help="JSON result path (default: next to the checkpoint)")
+    parser.add_argument("--no-cache", action="store_true", help="encode images per episode")
+    _common(parser)
+    args = parser.parse_args(argv)
+    from .data import write_manifest
+    from .engine import build_model, episode_sampler, evaluate, format_result, load_checkpoint
+    from .engine.checkpoint import atomic_write_text
+    from .engine.trainer import resolve_device
+
+    state = load_checkpoint(args.checkpoint)
+    overrides = _flag_overrides(args, {
+        "data_root": "data.root", "way": "episode.n_way", "shot": "episode.n_shot",
+        "query": "eval.n_query", "device": "run.device", "episodes": "eval.episodes",
+        "episodes_file": "eval.episodes_file", "split": "eval.split", "seed": "eval.seed"})
+    data = state["config"]
+    for item in overrides + args.overrides:
+        data = merge(data, parse_override(item))
+    config: Config = from_dict(Config, data, f"config of checkpoint {args.checkpoint!r}")
+    device = resolve_device(config.run.device)
+    model = build_model(config).to(device)
+    model.load_state_dict(state["model"])
+    e, ev = config.episode, config.eval
+    sampler = episode_sampler(config, ev.split, e.n_way, e.n_shot, ev.n_query, ev.seed,
+                              ev.episodes_file)
+    n_way, n_shot = sampler.n_way, sampler.n_shot
+    n_episodes = ev.episodes or (len(sampler) if ev.episodes_file else (5000 if n_shot == 1 else 600))
+    if ev.episodes_file and n_episodes > len(sampler):
+        raise FewShotError(f"--episodes {n_episodes} exceeds the {len(sampler)} episodes of "
+                           f"{ev.episodes_file!r}")
+    print(f"evaluating {args.checkpoint}: {config.model.method}/{config.model.backbone}, "
+          f"{n_way}-way {n_shot}-shot, {n_episodes} episodes of split {ev.split!r} on {device}")
+    result = evaluate(model, sampler, n_episodes, device, cache_features=not args.no_cache,
+                      progress=config.run.progress)
+    info = getattr(model, "describe", lambda: {})()
+    result.update({"checkpoint": args.checkpoint, "method": config.model.method,
+                   "backbone": config.model.backbone, "dataset": config.data.name,
+                   "split": ev.split, "n_way": n_way, "n_shot": n_shot,
+                   "n_query": sampler.n_query, "seed": ev.seed,
+                   "episodes_file": ev.episodes_file, **info})
+    print(f"{n_way}-way {n_shot}-shot accuracy: {format_result(result)}"
+          + "".join(f", {k}={v}" for k, v in info.items()))
+    path = args.result or os.path.join(
+        os.path.dirname(os.path.abspath(args.checkpoint)),
+        f"eval_{ev.split}_{n_way}way{n_shot}shot.json")
+    atomic_write_text(path, json.dumps(result, indent=1))
+    print(f"result written to {path}")
+    if args.write_episodes:
+        write_manifest(args.write_episodes, sampler.dataset,
+                       [sampler.indices(i) for i in range(n_episodes)], n_shot, sampler.n_query)
+        print(f"episodes written to {args.write_episodes}")
+    return 0
+
+
+def train_main(argv: Optional[List[str]] = None) -> int:
+    return _run(_train, argv)
+
+
+def eval_main(argv: Optional[List[str]] = None) -> int:
+    return _run(_eval, argv)

@@ -1,0 +1,248 @@
+"""Typed experiment configuration.
+
+A config is a tree of dataclasses. YAML files fill it (a file may name a ``base``
+file that it extends), ``key.sub=value`` overrides change single keys, and every
+unknown key is a :class:`~fewshot.errors.ConfigError` naming the file and key.
+Method-, backbone- and dataset-specific options live in ``options`` dicts that
+are checked against the constructor they are passed to (see ``registry.py``).
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import os
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
+
+import yaml
+
+from .errors import ConfigError
+
+
+@dataclass
+class DataConfig:
+    name: str = "miniimagenet"          # a name from fewshot.data.datasets()
+    root: str = "data/miniimagenet"
+    options: Dict[str, Any] = field(default_factory=dict)  # dataset-specific keyword arguments
+    train_split: str = "train"
+    val_split: str = "val"
+    test_split: str = "test"
+    image_size: int = 84
+    transform: str = "deepemd"          # deepemd | plain | grayscale
+    augment: bool = True                # train-time augmentation
+    cache_images: bool = False          # decode every image once and keep it in memory
+    workers: int = 0                    # DataLoader worker processes
+
+
+@dataclass
+class EpisodeConfig:
+    n_way: int = 5
+    n_shot: int = 1
+    n_query: int = 15
+
+
+@dataclass
+class ModelConfig:
+    method: str = "deepemd"             # a name from fewshot.models.methods()
+    backbone: str = "resnet12"          # a name from fewshot.models.backbones()
+    backbone_options: Dict[str, Any] = field(default_factory=dict)
+    options: Dict[str, Any] = field(default_factory=dict)  # method keyword arguments
+
+
+@dataclass
+class PretrainConfig:
+    epochs: int = 120
+    batch_size: int = 128
+    lr: float = 0.1
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 5e-4
+    step_size: int = 30                 # epochs between learning-rate decays
+    gamma: float = 0.2
+    val_episodes: int = 200             # fixed 5-way 1-shot validation episodes per check
+    val_every: int = 1                  # epochs between validations
+
+
+@dataclass
+class MetaConfig:
+    epochs: int = 100
+    episodes_per_epoch: int = 50
+    lr: float = 5e-4
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 5e-4
+    step_size: int = 10
+    gamma: float = 0.5
+    val_episodes: int = 1000
+    val_every: int = 1
+    pretrained: str = ""                # checkpoint of the pretrain stage ("" = from scratch)
+
+
+@dataclass
+class EvalConfig:
+    episodes: int = 0                   # 0 = 5000 for 1-shot, 600 otherwise (as in the paper)
+    seed: int = 1                       # fixes the evaluation episodes
+    split: str = "test"
+    episodes_file: str = ""             # manifest (JSON/CSV) of fixed episodes
+    n_query: int = 15
+
+
+@dataclass
+class RunConfig:
+    stage: str = "meta"                 # pretrain | meta
+    seed: int = 1
+    device: str = "auto"                # auto | cpu | cuda | cuda:N
+    out: str = "runs/default"
+    amp: bool = False                   # mixed precision (CUDA only)
+    max_steps: int = 0                  # stop a stage after this many optimisation steps (0 = no limit)
+    log_every: int = 10
+    checkpoint_every: int = 50          # steps between last.pt writes (and at every epoch end)
+    progress: bool = True               # tqdm progress bars
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    episode: EpisodeConfig = field(default_factory=EpisodeConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    meta: MetaConfig = field(default_factory=MetaConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    def to_dict(self) -> Dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# ----------------------------------------------------------------------------- loading
+
+def _read_yaml(path: str) -> Dict[str, Any]:
+    if not os.path.isfile(path):
+        raise ConfigError(f"config file {path!r} does not exist")
+    try:
+        with open(path) as f:
+            data = yaml.safe_load(f) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {path!r} is not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path!r} must hold a mapping at top level")
+    base = data.pop("base", None)
+    if base is not None:
+        base_path = os.path.join(os.path.dirname(path), base)
+        data = merge(_read_yaml(base_path), data)
+    return data
+
+
+def merge(base: Dict[str, Any], update: Dict[str, Any]) -> Dict[str, Any]:
+    """Recursively merge ``update`` into a copy of ``base``."""
+    out = copy.deepcopy(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def parse_override(text: str) -> Dict[str, Any]:
+    """``"meta.lr=0.001"`` -> ``{"meta": {"lr": 0.001}}`` (values parsed as YAML)."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like key.sub=value")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"override {text!r}: empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    out: Dict[str, Any] = {}
+    node = out
+    parts = key.split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+    node[parts[-1]] = value
+    return out
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return value
+    if origin is typing.Union:  # Optional[X]
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return None if value is None else _coerce(value, args[0], where)
+    if origin in (dict, Dict):
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        return dict(value)
+    if origin in (list, List):
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        return list(value)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{where}: expected true/false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"{where}: expected an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)  # YAML 1.1 reads "1e-3" as a string
+            except ValueError:
+                pass
+        raise ConfigError(f"{where}: expected a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise ConfigError(f"{where}: expected a string, got {value!r}")
+    raise TypeError(f"unsupported config type {tp} at {where}")
+
+
+def from_dict(cls: type, data: Dict[str, Any], where: str = "config") -> Any:
+    """Build dataclass ``cls`` from ``data``; unknown keys raise ConfigError."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(data) - set(names))
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {', '.join(map(repr, unknown))}; "
+                          f"valid keys: {', '.join(names)}")
+    kwargs = {}
+    for name in names:
+        if name not in data:
+            continue
+        tp = hints[name]
+        sub = f"{where}.{name}" if where != "config" else name
+        if dataclasses.is_dataclass(tp):
+            kwargs[name] = from_dict(tp, data[name] or {}, sub)
+        else:
+            kwargs[name] = _coerce(data[name], tp, sub)
+    return cls(**kwargs)
+
+
+def load_config(path: Optional[str] = None, overrides: Optional[List[Any]] = None) -> Config:
+    """Load ``path`` (optional) and apply ``overrides`` (``"a.b=v"`` strings or dicts)."""
+    data: Dict[str, Any] = _read_yaml(path) if path else {}
+    where = f"config file {path!r}" if path else "config"
+    try:
+        from_dict(Config, data, where)  # report file errors against the file
+    except ConfigError as e:
+        raise ConfigError(str(e)) from None
+    for item in overrides or []:
+        data = merge(data, parse_override(item) if isinstance(item, str) else item)
+    return from_dict(Config, data, "config")
+
+
+def save_config(config: Config, path: str) -> None:
+    from .engine.checkpoint import atomic_write_text
+    atomic_write_text(path, yaml.safe_dump(config.to_dict(), sort_keys=False))

@@ -1,0 +1,442 @@
+"""Few-shot datasets, read from the layouts their users already have on disk.
+
+Every builder returns an :class:`ImageDataset` for one split: a list of images
+(file paths, or rows of an in-memory array for pickle releases), an integer label
+per image and the class names. Builders are registered by name and created with
+:func:`build_dataset`; they check the layout up front and raise
+:class:`~fewshot.errors.DataError` naming the path and what was expected.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import pickle
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ..errors import DataError
+from ..registry import Registry
+from ._image import load_image
+
+DATASETS = Registry("dataset")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
+
+
+class ImageDataset(torch.utils.data.Dataset):
+    """Labelled images of one split.
+
+    Args:
+        paths: one identifier per image: a file path, or ``"<file>#<row>"`` for array layouts.
+        labels: class index per image, in ``range(len(classes))``.
+        classes: class names (e.g. WordNet ids).
+        root: dataset root; manifests store paths relative to it.
+        array: optional uint8 array [n_images, H, W, C] holding the pixels (pickle layouts).
+        rotations: optional rotation in degrees per image (Omniglot rotation classes).
+        boxes: optional (x, y, width, height) crop per image (CUB bounding boxes).
+        mode: PIL mode images are converted to (``RGB`` or ``L``).
+    """
+
+    def __init__(self, paths: Sequence[str], labels: Sequence[int], classes: Sequence[str],
+                 root: str = "", array: Optional[np.ndarray] = None,
+                 rotations: Optional[Sequence[int]] = None,
+                 boxes: Optional[Sequence[Tuple[float, float, float, float]]] = None,
+                 mode: str = "RGB", name: str = ""):
+        if len(paths) != len(labels):
+            raise ValueError("paths and labels differ in length")
+        self.paths = list(paths)
+        self.labels = [int(x) for x in labels]
+        self.classes = list(classes)
+        self.root = root
+        self.array = array
+        self.rotations = list(rotations) if rotations is not None else None
+        self.boxes = list(boxes) if boxes is not None else None
+        self.mode = mode
+        self.name = name
+        self.transform: Optional[Callable] = None
+        self._cache: Optional[Dict[int, Image.Image]] = None
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def with_transform(self, transform: Optional[Callable]) -> "ImageDataset":
+        """A shallow copy that applies ``transform`` (the decoded-image cache is shared)."""
+        other = object.__new__(ImageDataset)
+        other.__dict__.update(self.__dict__)
+        other.transform = transform
+        return other
+
+    def enable_cache(self) -> None:
+        """Keep every decoded image in memory after its first use."""
+        if self._cache is None:
+            self._cache = {}
+
+    def indices_by_class(self) -> Dict[int, List[int]]:
+        out: Dict[int, List[int]] = {c: [] for c in range(len(self.classes))}
+        for i, y in enumerate(self.labels):
+            out[y].append(i)
+        return out
+
+    def relative_path(self, index: int) -> str:
+        path = self.paths[index]
+        if self.root and os.path.isabs(path):
+            return os.path.relpath(path, self.root)
+        return path
+
+    def index_of(self) -> Dict[str, int]:
+        """Map from relative path (as in manifests) to index."""
+        return {self.relative_path(i): i for i in range(len(self))}
+
+    def image(self, index: int) -> Image.Image:
+        """The decoded, un-transformed image ``index``."""
+        if self._cache is not None and index in self._cache:
+            return self._cache[index]
+        if self.array is not None:
+            img = Image.fromarray(self.array[index]).convert(self.mode)
+        else:
+            img = load_image(self.paths[index], self.mode)
+        if self.boxes is not None:
+            x, y, w, h = self.boxes[index]
+            img = img.crop((int(x), int(y), int(x + w), int(y + h)))
+        if self.rotations is not None and self.rotations[index]:
+            img = img.rotate(self.rotations[index])
+        if self._cache is not None:
+            self._cache[index] = img
+        return img
+
+    def __getitem__(self, index: int):
+        img = self.image(index)
+        if self.transform is not None:
+            img = self.transform(img)
+        return img, self.labels[index]
+
+
+def datasets() -> List[str]:
+    """Names of the registered dataset layouts."""
+    return DATASETS.names()
+
+
+def build_dataset(name: str, root: str, split: str, **options) -> ImageDataset:
+    """Create split ``split`` of dataset layout ``name`` found at ``root``."""
+    if not os.path.isdir(root):
+        raise DataError(
+            f"dataset root {root!r} ({name}) does not exist. Point to the data with "
+            f"--data-root PATH or data.root=PATH; see datasets/README.md for the expected layout")
+    ds = DATASETS.create(name, where=f"data.options for dataset {name!r}", root=root, split=split,
+                         **options)
+    if len(ds.classes) == 0:
+        raise DataError(f"dataset {name!r} at {root!r}: split {split!r} holds no classes")
+    ds.name = f"{name}:{split}"
+    return ds
+
+
+# ----------------------------------------------------------------------------- helpers
+
+def _from_class_lists(class_names: List[str], files: List[List[str]], root: str, **kw) -> ImageDataset:
+    paths, labels = [], []
+    for label, fs in enumerate(files):
+        paths.extend(fs)
+        labels.extend([label] * len(fs))
+    return ImageDataset(paths, labels, class_names, root=root, **kw)
+
+
+def _list_images(folder: str) -> List[str]:
+    return sorted(os.path.join(folder, f) for f in os.listdir(folder)
+                  if f.lower().endswith(IMAGE_EXTENSIONS))
+
+
+def _class_folders(folder: str) -> List[str]:
+    return sorted(d for d in os.listdir(folder) if os.path.isdir(os.path.join(folder, d))
+                  and not d.startswith("."))
+
+
+def read_split_csv(csv_path: str, image_dir: str) -> Tuple[List[str], List[List[str]]]:
+    """Read a FEAT/DeepEMD split file: header ``filename,label``, one image per row."""
+    if not os.path.isfile(csv_path):
+        raise DataError(f"split file {csv_path!r} does not exist; expected a CSV with header "
+                        f"'filename,label' (FEAT/DeepEMD layout)")
+    if not os.path.isdir(image_dir):
+        raise DataError(f"image folder {image_dir!r} does not exist; expected the images of the "
+                        f"split files there")
+    existing = set()
+    for dirpath, _, files in os.walk(image_dir):
+        rel = os.path.relpath(dirpath, image_dir)
+        existing.update(f if rel == "." else os.path.join(rel, f) for f in files)
+    classes: Dict[str, List[str]] = {}
+    with open(csv_path, newline="") as f:
+        rows = list(csv.reader(f))
+    if not rows or [c.strip().lower() for c in rows[0]] != ["filename", "label"]:
+        raise DataError(f"split file {csv_path!r}: first row must be the header 'filename,label', "
+                        f"got {rows[0] if rows else 'an empty file'}")
+    for lineno, row in enumerate(rows[1:], start=2):
+        if not row:
+            continue
+        if len(row) != 2 or not row[0].strip() or not row[1].strip():
+            raise DataError(f"split file {csv_path!r}, line {lineno}: expected 'filename,label', "
+                            f"got {','.join(row)!r}")
+        name, label = row[0].strip(), row[1].strip()
+        if name not in existing:
+            raise DataError(f"split file {csv_path!r}, line {lineno}: image {name!r} not found "
+                            f"in {image_dir!r}")
+        classes.setdefault(label, []).append(os.path.join(image_dir, name))
+    if not classes:
+        raise DataError(f"split file {csv_path!r} lists no images")
+    names = sorted(classes)
+    return names, [classes[c] for c in names]
+
+
+def _split_csv_dataset(root: str, split: str, images: str = "images",
+                       split_dir: str = "split") -> ImageDataset:
+    names, files = read_split_csv(os.path.join(root, split_dir, f"{split}.csv"),
+                                  os.path.join(root, images))
+    return _from_class_lists(names, files, root)
+
+
+def _split_folder_dataset(root: str, split: str, mode: str = "RGB") -> ImageDataset:
+    folder = os.path.join(root, split)
+    if not os.path.isdir(folder):
+        raise DataError(f"split folder {folder!r} does not exist; expected "
+                        f"{root}/{split}/<class>/<image> (one folder per class)")
+    names = _class_folders(folder)
+    if not names:
+        raise DataError(f"split folder {folder!r} holds no class folders")
+    files = [_list_images(os.path.join(folder, c)) for c in names]
+    return _from_class_lists(names, files, root, mode=mode)
+
+
+def _array_dataset(path: str, data: np.ndarray, labels: Sequence[int], root: str) -> ImageDataset:
+    data = np.asarray(data)
+    if data.ndim != 4 or data.dtype != np.uint8:
+        raise DataError(f"{path!r}: expected uint8 images [N, H, W, C], got {data.dtype} {data.shape}")
+    uniq = sorted(set(int(x) for x in labels))
+    remap = {c: i for i, c in enumerate(uniq)}
+    rel = os.path.relpath(path, root)
+    return ImageDataset([f"{rel}#{i}" for i in range(len(data))], [remap[int(x)] for x in labels],
+                        [str(c) for c in uniq], root=root, array=data)
+
+
+def _load_pickle(path: str):
+    if not os.path.isfile(path):
+        raise DataError(f"pickle file {path!r} does not exist")
+    try:
+        with open(path, "rb") as f:
+            return pickle.load(f, encoding="latin1")
+    except Exception as e:  # noqa: BLE001 - any unpickling failure is a data error
+        raise DataError(f"pickle file {path!r} could not be read: {e}") from None
+
+
+# ----------------------------------------------------------------------------- layouts
+
+@DATASETS.register("miniimagenet")
+def mini_imagenet(root: str, split: str, images: str = "images", split_dir: str = "split") -> ImageDataset:
+    """miniImageNet, FEAT/DeepEMD layout: ``images/*.jpg`` + ``split/{train,val,test}.csv``."""
+    return _split_csv_dataset(root, split, images, split_dir)
+
+
+@DATASETS.register("miniimagenet_pickle")
+def mini_imagenet_pickle(root: str, split: str) -> ImageDataset:
+    """miniImageNet, learn2learn layout: ``mini-imagenet-cache-{split}.pkl`` with
+    ``image_data`` [N, 84, 84, 3] uint8 and ``class_dict`` {class: [row indices]}."""
+    path = os.path.join(root, f"mini-imagenet-cache-{split}.pkl")
+    blob = _load_pickle(path)
+    if not isinstance(blob, dict) or "image_data" not in blob or "class_dict" not in blob:
+        raise DataError(f"{path!r}: expected a dict with keys 'image_data' and 'class_dict'")
+    names = sorted(blob["class_dict"])
+    labels = np.empty(len(blob["image_data"]), dtype=np.int64)
+    labels[:] = -1
+    for c, name in enumerate(names):
+        labels[np.asarray(blob["class_dict"][name], dtype=np.int64)] = c
+    if (labels < 0).any():
+        raise DataError(f"{path!r}: {int((labels < 0).sum())} images belong to no class in class_dict")
+    ds = _array_dataset(path, blob["image_data"], labels, root)
+    ds.classes = names
+    return ds
+
+
+@DATASETS.register("cub")
+def cub(root: str, split: str, images: str = "images", split_dir: str = "split") -> ImageDataset:
+    """CUB-200-2011, DeepEMD/FEAT release: cropped images + ``split/{split}.csv`` (100/50/50 classes)."""
+    return _split_csv_dataset(root, split, images, split_dir)
+
+
+def chen_cub_split(class_folders: Sequence[str], split: str) -> List[str]:
+    """Class split of Chen et al. 2019 ("A Closer Look at Few-shot Classification"):
+    over the sorted class folders, index % 2 == 0 -> train (100), % 4 == 1 -> val (50),
+    % 4 == 3 -> test (50)."""
+    rule = {"train": lambda i: i % 2 == 0, "val": lambda i: i % 4 == 1, "test": lambda i: i % 4 == 3}
+    if split not in rule:
+        raise DataError(f"CUB split {split!r}: expected train, val or test")
+    return [c for i, c in enumerate(sorted(class_folders)) if rule[split](i)]
+
+
+@DATASETS.register("cub_official")
+def cub_official(root: str, split: str, split_file: str = "", bounding_box: bool = False) -> ImageDataset:
+    """The official ``CUB_200_2011/`` tree (``images/<class>/*.jpg``, ``images.txt``,
+    ``bounding_boxes.txt``). Classes per split come from ``split_file`` (JSON
+    ``{"train": [class folders], "val": [...], "test": [...]}``) or, by default, the
+    Chen et al. 2019 split. ``bounding_box`` crops each image to its box."""
+    image_dir = os.path.join(root, "images")
+    if not os.path.isdir(image_dir):
+        raise DataError(f"CUB folder {image_dir!r} does not exist; expected CUB_200_2011/images/<class>/")
+    folders = _class_folders(image_dir)
+    if split_file:
+        if not os.path.isfile(split_file):
+            raise DataError(f"CUB split file {split_file!r} does not exist")
+        try:
+            with open(split_file) as f:
+                spec = json.load(f)
+            names = list(spec[split])
+        except (json.JSONDecodeError, KeyError, TypeError) as e:
+            raise DataError(f"CUB split file {split_file!r}: expected JSON with a list of class "
+                            f"folders under key {split!r} ({e})") from None
+        missing = [c for c in names if c not in folders]
+        if missing:
+            raise DataError(f"CUB split file {split_file!r}: classes {missing[:3]} not in {image_dir!r}")
+    else:
+        names = chen_cub_split(folders, split)
+    files = [_list_images(os.path.join(image_dir, c)) for c in names]
+    ds = _from_class_lists(names, files, root)
+    if bounding_box:
+        ds.boxes = _cub_boxes(root, ds.paths)
+    return ds
+
+
+def _cub_boxes(root: str, paths: List[str]) -> List[Tuple[float, float, float, float]]:
+    index_file = os.path.join(root, "images.txt")
+    box_file = os.path.join(root, "bounding_boxes.txt")
+    for f in (index_file, box_file):
+        if not os.path.isfile(f):
+            raise DataError(f"bounding-box crop needs {f!r}, which does not exist")
+    ids = {}
+    with open(index_file) as f:
+        for lineno, line in enumerate(f, 1):
+            parts = line.split()
+            if len(parts) != 2:
+                raise DataError(f"{index_file!r}, line {lineno}: expected '<id> <relative path>'")
+            ids[parts[1]] = parts[0]
+    boxes = {}
+    with open(box_file) as f:
+        for lineno, line in enumerate(f, 1):
+            parts = line.split()
+            if len(parts) != 5:
+                raise DataError(f"{box_file!r}, line {lineno}: expected '<id> <x> <y> <width> <height>'")
+            boxes[parts[0]] = tuple(float(v) for v in parts[1:])
+    out = []
+    for p in paths:
+        rel = os.path.relpath(p, os.path.join(root, "images")).replace(os.sep, "/")
+        if rel not in ids or ids[rel] not in boxes:
+            raise DataError(f"no bounding box for {rel!r} in {box_file!r}")
+        out.append(boxes[ids[rel]])
+    return out
+
+
+@DATASETS.register("tieredimagenet")
+def tiered_imagenet(root: str, split: str) -> ImageDataset:
+    """tieredImageNet as released for DeepEMD: ``{train,val,test}/<class>/*.jpg``."""
+    return _split_folder_dataset(root, split)
+
+
+@DATASETS.register("fc100")
+def fc100(root: str, split: str) -> ImageDataset:
+    """FC100: ``{train,val,test}/<class>/*.png`` (DeepEMD) or learn2learn's
+    ``FC100_{split}.pickle`` (keys ``data`` [N, 32, 32, 3] and ``labels``)."""
+    return _folder_or_pickle(root, split, f"FC100_{split}.pickle")
+
+
+@DATASETS.register("cifarfs")
+def cifar_fs(root: str, split: str) -> ImageDataset:
+    """CIFAR-FS: ``{train,val,test}/<class>/*.png`` (learn2learn ``processed``
+    folder) or MetaOptNet's ``CIFAR_FS_{split}.pickle`` (keys ``data``, ``labels``)."""
+    return _folder_or_pickle(root, split, f"CIFAR_FS_{split}.pickle")
+
+
+def _folder_or_pickle(root: str, split: str, pickle_name: str) -> ImageDataset:
+    pickle_path = os.path.join(root, pickle_name)
+    if os.path.isdir(os.path.join(root, split)) or not os.path.isfile(pickle_path):
+        return _split_folder_dataset(root, split)
+    blob = _load_pickle(pickle_path)
+    if not isinstance(blob, dict) or "data" not in blob or "labels" not in blob:
+        raise DataError(f"{pickle_path!r}: expected a dict with keys 'data' and 'labels'")
+    return _array_dataset(pickle_path, blob["data"], blob["labels"], root)
+
+
+OMNIGLOT_VAL_ALPHABETS = 5  # default: last 5 background alphabets (sorted) are validation
+
+
+@DATASETS.register("omniglot")
+def omniglot(root: str, split: str, alphabets: Optional[Dict[str, List[str]]] = None,
+             rotations: bool = False) -> ImageDataset:
+    """Omniglot: ``images_background`` / ``images_evaluation`` ``<alphabet>/characterNN/*.png``.
+
+    Classes are split by alphabet: ``alphabets`` maps each split name to alphabet folder
+    names; by default the sorted background alphabets are train except the last five
+    (val), and the evaluation alphabets are test. ``rotations`` adds the 90/180/270
+    degree rotations of every character as new classes.
+    """
+    locations = {}
+    for part in ("images_background", "images_evaluation"):
+        folder = os.path.join(root, part)
+        if os.path.isdir(folder):
+            for a in _class_folders(folder):
+                locations[a] = folder
+    if not locations:
+        raise DataError(f"Omniglot root {root!r}: expected images_background/ and/or "
+                        f"images_evaluation/ with <alphabet>/characterNN/*.png")
+    if alphabets is not None:
+        if split not in alphabets:
+            raise DataError(f"data.options.alphabets has no entry for split {split!r}")
+        chosen = list(alphabets[split])
+    else:
+        background = sorted(a for a, f in locations.items() if f.endswith("images_background"))
+        evaluation = sorted(a for a, f in locations.items() if f.endswith("images_evaluation"))
+        default = {"train": background[:-OMNIGLOT_VAL_ALPHABETS],
+                   "val": background[-OMNIGLOT_VAL_ALPHABETS:], "test": evaluation}
+        if split not in default:
+            raise DataError(f"Omniglot split {split!r}: expected train, val or test "
+                            f"(or give data.options.alphabets)")
+        chosen = default[split]
+    missing = [a for a in chosen if a not in locations]
+    if missing:
+        raise DataError(f"Omniglot root {root!r}: alphabets {missing[:3]} not found")
+    names, files = [], []
+    for a in chosen:
+        for ch in _class_folders(os.path.join(locations[a], a)):
+            names.append(f"{a}/{ch}")
+            files.append(_list_images(os.path.join(locations[a], a, ch)))
+    angles = [0, 90, 180, 270] if rotations else [0]
+    paths, labels, rots, classes = [], [], [], []
+    for angle in angles:
+        for name, fs in zip(names, files):
+            classes.append(name if angle == 0 else f"{name}@rot{angle}")
+            paths.extend(fs)
+            labels.extend([len(classes) - 1] * len(fs))
+            rots.extend([angle] * len(fs))
+    return ImageDataset(paths, labels, classes, root=root, rotations=rots if rotations else None,
+                        mode="L")
+
+
+@DATASETS.register("folder")
+def image_folder(root: str, split: str, split_file: str = "") -> ImageDataset:
+    """Any folder-per-class tree. Either ``root/{split}/<class>/*`` or ``root/<class>/*``
+    with ``split_file``: JSON ``{"train": [class folders], "val": [...], ...}``."""
+    if os.path.isdir(os.path.join(root, split)) and not split_file:
+        return _split_folder_dataset(root, split)
+    if not split_file:
+        raise DataError(f"folder dataset {root!r}: no split folder {split!r} and no "
+                        f"data.options.split_file naming the classes of each split")
+    if not os.path.isfile(split_file):
+        raise DataError(f"split file {split_file!r} does not exist")
+    try:
+        with open(split_file) as f:
+            names = list(json.load(f)[split])
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise DataError(f"split file {split_file!r}: expected JSON with a list of class folders "
+                        f"under key {split!r} ({e})") from None
+    for c in names:
+        if not os.path.isdir(os.path.join(root, c)):
+            raise DataError(f"split file {split_file!r}: class folder {os.path.join(root, c)!r} "
+                            f"does not exist")
+    return _from_class_lists(names, [_list_images(os.path.join(root, c)) for c in names], root)

@@ -1,0 +1,35 @@
+"""torchvision transforms; the DeepEMD recipe is the default for natural images."""
+from __future__ import annotations
+
+from typing import Callable
+
+from torchvision import transforms as T
+
+from ..errors import ConfigError
+
+# Normalisation used by DeepEMD / FEAT for miniImageNet, CUB and tieredImageNet.
+MEAN = (125.3 / 255.0, 123.0 / 255.0, 113.9 / 255.0)
+STD = (63.0 / 255.0, 62.1 / 255.0, 66.7 / 255.0)
+
+
+def build_transform(kind: str = "deepemd", image_size: int = 84, train: bool = False) -> Callable:
+    """Return the transform for one split.
+
+    ``deepemd``: train = RandomResizedCrop(size) + horizontal flip; test = Resize to
+    size * 92/84 then CentreCrop(size) (92 -> 84 at the default size); both normalised.
+    ``plain``: Resize(size) + normalisation (no augmentation).
+    ``grayscale``: single channel, Resize(size), values in [0, 1] (Omniglot).
+    """
+    if kind == "deepemd":
+        normalize = T.Normalize(MEAN, STD)
+        if train:
+            return T.Compose([T.RandomResizedCrop(image_size), T.RandomHorizontalFlip(),
+                              T.ToTensor(), normalize])
+        resize = round(image_size * 92 / 84)
+        return T.Compose([T.Resize([resize, resize]), T.CenterCrop(image_size),
+                          T.ToTensor(), normalize])
+    if kind == "plain":
+        return T.Compose([T.Resize([image_size, image_size]), T.ToTensor(), T.Normalize(MEAN, STD)])
+    if kind == "grayscale":
+        return T.Compose([T.Grayscale(1), T.Resize([image_size, image_size]), T.ToTensor()])
+    raise ConfigError(f"data.transform: unknown transform {kind!r}; expected deepemd, plain or grayscale")

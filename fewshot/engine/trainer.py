@@ -1,0 +1,344 @@
+"""The two training stages: ``pretrain`` (classification over the base classes) and
+``meta`` (episodic). Both log to TensorBoard, write ``last.pt`` and ``best.pt``
+atomically and resume exactly where ``last.pt`` was written: the batch order and the
+episodes are functions of (seed, step), and the RNG states travel in the checkpoint.
+"""
+from __future__ import annotations
+
+import os
+import random
+import time
+from dataclasses import dataclass
+from typing import Callable, Dict, Iterable, Optional, Tuple
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from ..config import Config, save_config
+from ..data import EpisodeSampler, ManifestSampler, build_dataset, build_transform
+from ..data.datasets import ImageDataset
+from ..errors import ConfigError, FewShotError
+from ..models import FewShotClassifier, create_model
+from .checkpoint import load_checkpoint, save_checkpoint
+from .evaluate import evaluate, format_result
+
+
+def log(msg: str) -> None:
+    tqdm.write(msg)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"run.device: {name!r} is not a device (auto, cpu, cuda, cuda:N)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"run.device: {name!r} asked for, but CUDA is not available here")
+    return device
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2 ** 32)
+    torch.manual_seed(seed)
+
+
+def _rng_state() -> Dict:
+    np_state = np.random.get_state()
+    state = {"python": random.getstate(), "torch": torch.get_rng_state(),
+             "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]]}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: Dict) -> None:
+    random.setstate(tuple(tuple(x) if isinstance(x, list) else x for x in state["python"]))
+    torch.set_rng_state(state["torch"])
+    kind, keys, *rest = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), *rest))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def load_split(config: Config, split: str, train: bool) -> ImageDataset:
+    """Split ``split`` of the configured dataset, with the train or test transform."""
+    d = config.data
+    ds = build_dataset(d.name, d.root, split, **d.options)
+    if d.cache_images:
+        ds.enable_cache()
+    return ds.with_transform(build_transform(d.transform, d.image_size, train=train and d.augment))
+
+
+def build_model(config: Config) -> FewShotClassifier:
+    m = config.model
+    return create_model(m.method, m.backbone, m.backbone_options, m.options)
+
+
+def episode_sampler(config: Config, split: str, n_way: int, n_shot: int, n_query: int,
+                    seed: int, episodes_file: str = ""):
+    dataset = load_split(config, split, train=False)
+    if episodes_file:
+        return ManifestSampler(dataset, episodes_file)
+    return EpisodeSampler(dataset, n_way, n_shot, n_query, seed=seed)
+
+
+@dataclass
+class _Stage:
+    """State shared by both stages."""
+    name: str
+    config: Config
+    model: FewShotClassifier
+    extra: Dict[str, nn.Module]        # modules trained beside the model (pretrain head)
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    folder: str
+    device: torch.device
+    step: int = 0
+    epoch: int = 0
+    best: float = -1.0
+
+    def state(self) -> Dict:
+        return {"stage": self.name, "model": self.model.state_dict(),
+                "extra": {k: v.state_dict() for k, v in self.extra.items()},
+                "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                "step": self.step, "epoch": self.epoch, "best": self.best,
+                "config": self.config.to_dict(), "rng": _rng_state()}
+
+    def restore(self, path: str) -> None:
+        state = load_checkpoint(path, map_location=self.device)
+        if state.get("stage") != self.name:
+            raise FewShotError(f"--resume {path!r}: checkpoint is of stage {state.get('stage')!r}, "
+                               f"not {self.name!r}")
+        self.model.load_state_dict(state["model"])
+        for k, v in self.extra.items():
+            v.load_state_dict(state["extra"][k])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.step, self.epoch, self.best = state["step"], state["epoch"], state["best"]
+        _set_rng_state(state["rng"])
+        log(f"[{self.name}] resumed from {path} at epoch {self.epoch}, step {self.step}")
+
+
+def _sgd(params: Iterable, lr: float, momentum: float, nesterov: bool, weight_decay: float):
+    return torch.optim.SGD(params, lr=lr, momentum=momentum, nesterov=nesterov and momentum > 0,
+                           weight_decay=weight_decay)
+
+
+def _run_epochs(stage: _Stage, epochs: int, steps_per_epoch: int,
+                batches: Callable[[int, int], Iterable], step_fn: Callable,
+                validate: Callable[[], Dict[str, float]], unit: str, val_every: int) -> None:
+    """The loop shared by both stages.
+
+    ``batches(epoch, offset)`` yields the batches of ``epoch`` from position ``offset``;
+    ``step_fn(batch)`` returns (loss tensor, accuracy %, items in the batch).
+    """
+    from torch.utils.tensorboard import SummaryWriter
+
+    cfg = stage.config.run
+    writer = SummaryWriter(os.path.join(stage.folder, "tb"), purge_step=stage.step or None)
+    last_path, best_path = os.path.join(stage.folder, "last.pt"), os.path.join(stage.folder, "best.pt")
+    scaler = torch.amp.GradScaler("cuda", enabled=cfg.amp and stage.device.type == "cuda")
+    total = epochs * steps_per_epoch
+    if cfg.max_steps:
+        total = min(total, cfg.max_steps)
+    bar = tqdm(total=total, initial=min(stage.step, total), desc=stage.name, disable=not cfg.progress,
+               dynamic_ncols=True)
+
+    def check_val() -> None:
+        result = validate()
+        writer.add_scalar("val/accuracy", result["accuracy"], stage.step)
+        writer.add_scalar("val/ci95", result["ci95"], stage.step)
+        improved = result["accuracy"] > stage.best
+        if improved:
+            stage.best = result["accuracy"]
+        log(f"[{stage.name}] epoch {stage.epoch} step {stage.step}: val {format_result(result)}"
+            + ("  (best)" if improved else ""))
+        if improved or not os.path.exists(best_path):
+            save_checkpoint(best_path, stage.state())
+
+    stopped = False
+    while stage.epoch < epochs and not stopped:
+        offset = stage.step - stage.epoch * steps_per_epoch
+        stage.model.train()
+        for m in stage.extra.values():
+            m.train()
+        tic = time.perf_counter()
+        for batch in batches(stage.epoch, offset):
+            if cfg.max_steps and stage.step >= cfg.max_steps:
+                stopped = True
+                break
+            with torch.autocast(stage.device.type, enabled=scaler.is_enabled()):
+                loss, acc, items = step_fn(batch)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"[{stage.name}] loss is {loss.item()} at step {stage.step}")
+            stage.optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(stage.optimizer)
+            scaler.update()
+            stage.step += 1
+            bar.update(1)
+            toc = time.perf_counter()
+            if stage.step % cfg.log_every == 0:
+                writer.add_scalar("train/loss", loss.item(), stage.step)
+                writer.add_scalar("train/accuracy", acc, stage.step)
+                writer.add_scalar("train/lr", stage.optimizer.param_groups[0]["lr"], stage.step)
+                writer.add_scalar(f"train/{unit}_per_second", items / max(toc - tic, 1e-9), stage.step)
+                bar.set_postfix(loss=f"{loss.item():.3f}", acc=f"{acc:.1f}")
+            tic = toc
+            if stage.step % cfg.checkpoint_every == 0:
+                save_checkpoint(last_path, stage.state())
+        if stopped:
+            break
+        stage.epoch += 1
+        stage.scheduler.step()
+        if stage.epoch % max(1, val_every) == 0 or stage.epoch == epochs:
+            check_val()
+        save_checkpoint(last_path, stage.state())
+    if stopped:
+        log(f"[{stage.name}] stopped after --max-steps {cfg.max_steps}")
+        check_val()
+        save_checkpoint(last_path, stage.state())
+    bar.close()
+    writer.close()
+    log(f"[{stage.name}] done: best val {stage.best:.2f} %; checkpoints in {stage.folder}")
+
+
+def _prepare(config: Config, name: str) -> Tuple[str, torch.device]:
+    folder = os.path.join(config.run.out, name)
+    os.makedirs(folder, exist_ok=True)
+    save_config(config, os.path.join(config.run.out, "config.yaml"))
+    save_config(config, os.path.join(folder, "config.yaml"))
+    seed_everything(config.run.seed)
+    return folder, resolve_device(config.run.device)
+
+
+def _resume_path(folder: str, resume: Optional[str]) -> Optional[str]:
+    if resume is None:
+        return None
+    path = resume or os.path.join(folder, "last.pt")
+    if not os.path.isfile(path):
+        if resume:
+            raise FewShotError(f"--resume {path!r}: no such checkpoint")
+        log(f"no checkpoint at {path}; starting from the beginning")
+        return None
+    return path
+
+
+def _validator(config: Config, model: FewShotClassifier, device: torch.device, n_episodes: int,
+               n_way: int, n_shot: int):
+    sampler = episode_sampler(config, config.data.val_split, n_way, n_shot, config.eval.n_query,
+                              seed=config.eval.seed)
+    return lambda: evaluate(model, sampler, n_episodes, device, progress=False)
+
+
+def pretrain(config: Config, resume: Optional[str] = None) -> str:
+    """Classification pretraining over all train classes; returns the best checkpoint path."""
+    folder, device = _prepare(config, "pretrain")
+    p = config.pretrain
+    train_set = load_split(config, config.data.train_split, train=True)
+    model = build_model(config).to(device)
+    head = nn.Linear(model.backbone.num_channels, len(train_set.classes)).to(device)
+    optimizer = _sgd(list(model.parameters()) + list(head.parameters()), p.lr, p.momentum,
+                     p.nesterov, p.weight_decay)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=p.step_size, gamma=p.gamma)
+    stage = _Stage("pretrain", config, model, {"head": head}, optimizer, scheduler, folder, device)
+    path = _resume_path(folder, resume)
+    if path:
+        stage.restore(path)
+    steps_per_epoch = len(train_set) // p.batch_size
+    if steps_per_epoch == 0:
+        raise ConfigError(f"pretrain.batch_size {p.batch_size} exceeds the {len(train_set)} "
+                          f"training images")
+
+    def batches(epoch: int, offset: int):
+        g = torch.Generator().manual_seed(config.run.seed * 100_003 + epoch)
+        order = torch.randperm(len(train_set), generator=g)[offset * p.batch_size:].tolist()
+        return torch.utils.data.DataLoader(torch.utils.data.Subset(train_set, order),
+                                           batch_size=p.batch_size, drop_last=True,
+                                           num_workers=config.data.workers,
+                                           pin_memory=device.type == "cuda")
+
+    def step_fn(batch):
+        images, labels = batch[0].to(device, non_blocking=True), batch[1].to(device, non_blocking=True)
+        logits = head(model.backbone(images))
+        loss = F.cross_entropy(logits, labels)
+        return loss, (logits.argmax(1) == labels).float().mean().item() * 100, len(labels)
+
+    log(f"[pretrain] {len(train_set.classes)} classes, {len(train_set)} images, "
+        f"{steps_per_epoch} steps/epoch on {device}")
+    validate = _validator(config, model, device, p.val_episodes, 5, 1)
+    _run_epochs(stage, p.epochs, steps_per_epoch, batches, step_fn, validate, unit="images",
+                val_every=p.val_every)
+    return os.path.join(folder, "best.pt")
+
+
+class _EpisodeRange(torch.utils.data.Dataset):
+    def __init__(self, sampler: EpisodeSampler, start: int, stop: int):
+        self.sampler, self.start, self.stop = sampler, start, stop
+
+    def __len__(self) -> int:
+        return self.stop - self.start
+
+    def __getitem__(self, k: int):
+        return self.sampler.episode(self.start + k)
+
+
+def _first(items):
+    return items[0]
+
+
+def load_pretrained(model: FewShotClassifier, path: str) -> None:
+    """Load the backbone (and any matching weights) of a checkpoint into ``model``."""
+    state = load_checkpoint(path)["model"]
+    own = model.state_dict()
+    matched = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    missing = [k for k in own if k.startswith("backbone.") and k not in matched]
+    if missing:
+        raise FewShotError(f"meta.pretrained {path!r}: backbone weights {missing[:3]} missing or of "
+                           f"another shape; was it trained with the same backbone?")
+    model.load_state_dict(matched, strict=False)
+
+
+def meta_train(config: Config, resume: Optional[str] = None) -> str:
+    """Episodic training; returns the best checkpoint path."""
+    folder, device = _prepare(config, "meta")
+    m, e = config.meta, config.episode
+    model = build_model(config).to(device)
+    if m.pretrained:
+        load_pretrained(model, m.pretrained)
+        log(f"[meta] backbone initialised from {m.pretrained}")
+    else:
+        log("[meta] no meta.pretrained checkpoint given: training from scratch")
+    optimizer = _sgd(model.parameters(), m.lr, m.momentum, m.nesterov, m.weight_decay)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=m.step_size, gamma=m.gamma)
+    stage = _Stage("meta", config, model, {}, optimizer, scheduler, folder, device)
+    path = _resume_path(folder, resume)
+    if path:
+        stage.restore(path)
+    train_set = load_split(config, config.data.train_split, train=True)
+    sampler = EpisodeSampler(train_set, e.n_way, e.n_shot, e.n_query, seed=config.run.seed)
+
+    def batches(epoch: int, offset: int):
+        start = epoch * m.episodes_per_epoch
+        return torch.utils.data.DataLoader(
+            _EpisodeRange(sampler, start + offset, start + m.episodes_per_epoch), batch_size=1,
+            collate_fn=_first, num_workers=config.data.workers, pin_memory=device.type == "cuda")
+
+    def step_fn(episode):
+        ep = episode.to(device)
+        logits = model.episode_logits(ep.support_images, ep.support_labels, ep.query_images)
+        loss = F.cross_entropy(logits, ep.query_labels)
+        return loss, (logits.argmax(1) == ep.query_labels).float().mean().item() * 100, 1
+
+    log(f"[meta] {e.n_way}-way {e.n_shot}-shot {e.n_query}-query, {config.model.method} / "
+        f"{config.model.backbone} on {device}")
+    validate = _validator(config, model, device, m.val_episodes, e.n_way, e.n_shot)
+    _run_epochs(stage, m.epochs, m.episodes_per_epoch, batches, step_fn, validate, unit="episodes",
+                val_every=m.val_every)
+    return os.path.join(folder, "best.pt")
