@@ -28,6 +28,16 @@ def _common(parser: argparse.ArgumentParser) -> None:
                         help="set any config key, e.g. meta.lr=0.001 model.options.solver=exact")
 
 
+def _parse(parser: argparse.ArgumentParser, argv: Optional[List[str]]) -> argparse.Namespace:
+    """Parse flags; ``key=value`` overrides may stand anywhere among them."""
+    args, rest = parser.parse_known_args(argv)
+    bad = [r for r in rest if r.startswith("-") or "=" not in r]
+    if bad:
+        parser.error(f"unrecognized arguments: {' '.join(bad)}")
+    args.overrides = list(args.overrides) + rest
+    return args
+
+
 def _flag_overrides(args: argparse.Namespace, mapping: dict) -> List[str]:
     out = []
     for attr, key in mapping.items():
@@ -59,7 +69,7 @@ def _train(argv: Optional[List[str]]) -> int:
                         help="continue from CHECKPOINT (default: the stage's last.pt in --out)")
     parser.add_argument("--max-steps", type=int, help="stop each stage after N optimisation steps")
     _common(parser)
-    args = parser.parse_args(argv)
+    args = _parse(parser, argv)
     overrides = _flag_overrides(args, {
         "data_root": "data.root", "way": "episode.n_way", "shot": "episode.n_shot",
         "query": "episode.n_query", "seed": "run.seed", "device": "run.device", "out": "run.out",
@@ -91,7 +101,7 @@ def _eval(argv: Optional[List[str]]) -> int:
     parser.add_argument("--result", help="JSON result path (default: next to the checkpoint)")
     parser.add_argument("--no-cache", action="store_true", help="encode images per episode")
     _common(parser)
-    args = parser.parse_args(argv)
+    args = _parse(parser, argv)
     from .data import write_manifest
     from .engine import build_model, episode_sampler, evaluate, format_result, load_checkpoint
     from .engine.checkpoint import atomic_write_text

@@ -1,0 +1,58 @@
+import pytest
+
+from fewshot.config import Config, load_config, parse_override
+from fewshot.errors import ConfigError
+
+
+def test_defaults_and_overrides():
+    cfg = load_config(None, ["meta.lr=0.01", "episode.n_shot=5", "model.options.solver=exact",
+                             "pretrain.weight_decay=1e-3", "run.amp=true"])
+    assert isinstance(cfg, Config)
+    assert cfg.meta.lr == 0.01 and cfg.episode.n_shot == 5
+    assert cfg.model.options == {"solver": "exact"}
+    assert cfg.pretrain.weight_decay == 1e-3  # YAML 1.1 reads 1e-3 as a string; coerced
+    assert cfg.run.amp is True
+
+
+def test_unknown_keys_are_errors(tmp_path):
+    with pytest.raises(ConfigError, match=r"meta: unknown key\(s\) 'lrr'"):
+        load_config(None, ["meta.lrr=0.1"])
+    with pytest.raises(ConfigError, match="unknown key"):
+        load_config(None, ["nothing=1"])
+    path = tmp_path / "c.yaml"
+    path.write_text("data:\n  rooot: x\n")
+    with pytest.raises(ConfigError, match=r"c\.yaml.*'rooot'"):
+        load_config(str(path))
+
+
+def test_type_errors():
+    with pytest.raises(ConfigError, match="episode.n_way: expected an integer"):
+        load_config(None, ["episode.n_way=five"])
+    with pytest.raises(ConfigError, match="run.amp: expected true/false"):
+        load_config(None, ["run.amp=3"])
+    with pytest.raises(ConfigError, match="must look like"):
+        parse_override("meta.lr")
+
+
+def test_base_inheritance(tmp_path):
+    (tmp_path / "base.yaml").write_text("meta:\n  lr: 0.5\n  epochs: 3\n")
+    (tmp_path / "child.yaml").write_text("base: base.yaml\nmeta:\n  epochs: 7\n")
+    cfg = load_config(str(tmp_path / "child.yaml"), ["meta.epochs=9"])
+    assert cfg.meta.lr == 0.5 and cfg.meta.epochs == 9
+
+
+def test_shipped_configs_load():
+    import glob
+    import os
+    files = glob.glob(os.path.join(os.path.dirname(__file__), "..", "configs", "*.yaml"))
+    assert files
+    for f in files:
+        load_config(f)
+
+
+def test_unknown_method_option_is_an_error():
+    from fewshot.models import create_model
+    with pytest.raises(ConfigError, match="model.options for method 'protonet'.*'temperatur'"):
+        create_model("protonet", "conv4", {}, {"temperatur": 1.0})
+    with pytest.raises(ConfigError, match="unknown backbone 'resnet13'"):
+        create_model("protonet", "resnet13")
