@@ -12,3 +12,5 @@ def create_model(method: str, backbone: str, backbone_options: dict = None,
     net = create_backbone(backbone, **(backbone_options or {}))
     return METHODS.create(method, where=f"model.options for method {method!r}", backbone=net,
                           **(options or {}))
+
+from .deepemd import DeepEMD, cross_reference_weights, emd_logits, node_cost  # noqa: E402  (registers "deepemd")

@@ -1,0 +1,71 @@
+"""The batched EMD problem, its result type and input checks."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Dict, Optional, Tuple
+
+import torch
+
+from ..errors import FewShotError
+
+
+class EMDInputError(FewShotError, ValueError):
+    """An argument of :func:`fewshot.emd.solve` has the wrong shape, dtype, device or values."""
+
+
+@dataclass
+class EMDResult:
+    """Solution of a batch of transport problems.
+
+    plan: [B, M, N] transport plan (rows sum to ``a``, columns to ``b``).
+    value: [B] transport cost ``sum(plan * cost)`` (for regularised solvers: the
+        transport part of the objective, without the regulariser).
+    potentials: (f [B, M], g [B, N]) dual potentials where the solver has them, else None.
+    solver: name of the solver that produced the result.
+    info: solver-specific diagnostics (iterations, marginal error, ...).
+    """
+    plan: torch.Tensor
+    value: torch.Tensor
+    potentials: Optional[Tuple[torch.Tensor, torch.Tensor]] = None
+    solver: str = ""
+    info: Dict[str, Any] = field(default_factory=dict)
+
+
+def check_problem(cost: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
+    """Validate ``cost`` [B, M, N], ``a`` [B, M], ``b`` [B, N]; raise EMDInputError naming the argument."""
+    for name, t in (("cost", cost), ("a", a), ("b", b)):
+        if not isinstance(t, torch.Tensor):
+            raise EMDInputError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+        if t.dtype not in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
+            raise EMDInputError(f"{name} must be a floating-point tensor, got {t.dtype}")
+    if cost.dim() != 3:
+        raise EMDInputError(f"cost must have shape [B, M, N], got {tuple(cost.shape)}")
+    B, M, N = cost.shape
+    if tuple(a.shape) != (B, M):
+        raise EMDInputError(f"a must have shape [B, M] = [{B}, {M}] to match cost {tuple(cost.shape)}, "
+                            f"got {tuple(a.shape)}")
+    if tuple(b.shape) != (B, N):
+        raise EMDInputError(f"b must have shape [B, N] = [{B}, {N}] to match cost {tuple(cost.shape)}, "
+                            f"got {tuple(b.shape)}")
+    for name, t in (("a", a), ("b", b)):
+        if t.dtype != cost.dtype:
+            raise EMDInputError(f"{name} has dtype {t.dtype} but cost has {cost.dtype}; use one dtype")
+        if t.device != cost.device:
+            raise EMDInputError(f"{name} is on {t.device} but cost is on {cost.device}; use one device")
+    if B == 0 or M == 0 or N == 0:
+        raise EMDInputError(f"cost {tuple(cost.shape)} holds no problem")
+    with torch.no_grad():
+        for name, t in (("cost", cost), ("a", a), ("b", b)):
+            if not bool(torch.isfinite(t).all()):
+                raise EMDInputError(f"{name} contains NaN or infinite values")
+        for name, t in (("a", a), ("b", b)):
+            if bool((t < 0).any()):
+                raise EMDInputError(f"{name} has negative entries; weights must be >= 0")
+            if bool((t.sum(-1) <= 0).any()):
+                raise EMDInputError(f"{name} has a row with zero total mass; every problem needs mass")
+        sa, sb = a.sum(-1), b.sum(-1)
+        rtol = 1e-8 if cost.dtype == torch.float64 else 1e-4
+        if bool(((sa - sb).abs() > rtol * torch.maximum(sa, sb)).any()):
+            worst = int(((sa - sb).abs() / torch.maximum(sa, sb)).argmax())
+            raise EMDInputError(f"a and b must have equal total mass per problem; problem {worst} has "
+                                f"sum(a) = {float(sa[worst]):.8g}, sum(b) = {float(sb[worst]):.8g}")

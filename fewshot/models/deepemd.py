@@ -1,0 +1,215 @@
+"""DeepEMD (Zhang et al., CVPR 2020; TPAMI extension).
+
+Each image becomes a set of node features (FCN: the dense feature map's H*W
+vectors, optionally with pooled pyramid levels; Grid: one pooled vector per crop of
+an image pyramid; Sampling: one per random-resized crop). For a query q and a
+prototype p (the support image for 1-shot, a Structured FC prototype for K > 1):
+
+  * cross-reference weights: a_i = max(0, <u_i, mean_j v_j>) + 1e-3 for q's node u_i,
+    b_j likewise for p's nodes, each normalised to total mass M (the node count);
+  * cost_ij = 1 - cos(u_i, v_j) of channel-centred features (or the squared l2
+    distance, metric "l2"), similarity s_ij = 1 - cost_ij;
+  * plan = the EMD flow between (a, cost, b), from the configured solver;
+  * logit = temperature / M * sum_ij plan_ij * s_ij = temperature * (1 - value / M),
+    since sum(plan) = M. Written through ``value``, gradients reach the features
+    through the cost and the weights through a and b for every solver.
+"""
+from __future__ import annotations
+
+import math
+from typing import Dict, Optional, Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .. import emd
+from ..errors import ConfigError
+from .backbones import Backbone
+from .classifier import METHODS, FewShotClassifier, class_means
+
+PATCHES = ("fcn", "grid", "sampling")
+
+
+def cross_reference_weights(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Weights of x's nodes given y: x [P, C, M], y [Q, C, N] -> [P, Q, M],
+    w[p, q, i] = relu(<x[p, :, i], mean_j y[q, :, j]>) + 1e-3."""
+    return F.relu(torch.einsum("pcm,qc->pqm", x, y.mean(-1))) + 1e-3
+
+
+def node_cost(query: torch.Tensor, proto: torch.Tensor, metric: str = "cosine",
+              center: bool = True) -> torch.Tensor:
+    """Cost between nodes: query [Q, C, M], proto [W, C, N] -> [Q, W, M, N].
+
+    ``cosine``: 1 - cos(u_i, v_j); ``l2``: |u_i - v_j|^2. With ``center`` each node's
+    channels are centred (the mean over channels subtracted) first, as in DeepEMD."""
+    if center:
+        query = query - query.mean(1, keepdim=True)
+        proto = proto - proto.mean(1, keepdim=True)
+    if metric == "cosine":
+        qn = F.normalize(query, dim=1)
+        pn = F.normalize(proto, dim=1)
+        return 1 - torch.einsum("qcm,wcn->qwmn", qn, pn)
+    if metric == "l2":
+        d = query.permute(0, 2, 1)[:, None, :, None, :] - proto.permute(0, 2, 1)[None, :, None, :, :]
+        return d.pow(2).sum(-1)
+    raise ConfigError(f"DeepEMD metric must be 'cosine' or 'l2', got {metric!r}")
+
+
+def emd_logits(query: torch.Tensor, proto: torch.Tensor, solver: str = "exact",
+               solver_options: Optional[dict] = None, temperature: float = 12.5,
+               metric: str = "cosine", center: bool = True) -> torch.Tensor:
+    """DeepEMD logits [Q, W] of query nodes [Q, C, M] against prototype nodes [W, C, N]."""
+    Q, W, M = query.shape[0], proto.shape[0], query.shape[2]
+    N = proto.shape[2]
+    a = cross_reference_weights(query, proto)                       # [Q, W, M]
+    b = cross_reference_weights(proto, query).transpose(0, 1)       # [Q, W, N]
+    a = a * (M / a.sum(-1, keepdim=True))
+    b = b * (M / b.sum(-1, keepdim=True))
+    cost = node_cost(query, proto, metric, center)                  # [Q, W, M, N]
+    result = emd.solve(cost.reshape(Q * W, M, N), a.reshape(Q * W, M), b.reshape(Q * W, N),
+                       solver=solver, **(solver_options or {}))
+    return (temperature * (1 - result.value / M)).reshape(Q, W)
+
+
+@METHODS.register("deepemd")
+class DeepEMD(FewShotClassifier):
+    """DeepEMD behind the few-shot classifier API.
+
+    Args:
+        backbone: feature extractor with ``forward_features``.
+        patch: ``fcn`` | ``grid`` | ``sampling`` (how images become nodes).
+        pyramid: FCN only: extra pooled levels appended as nodes, e.g. [2, 1].
+        grid: Grid only: grid sizes of the image pyramid, e.g. [2, 3] -> 13 patches.
+        context_train: Grid only: (min, max) context ratio of crops in training.
+        context_test: Grid only: context ratio at test time.
+        num_patch: Sampling only: random-resized crops per image.
+        patch_size: Grid/Sampling: side length crops are resized to before encoding.
+        solver, solver_options: EMD layer used in training (``fewshot.emd.solvers()``).
+        eval_solver, eval_solver_options: EMD layer in evaluation (default: the training one).
+        temperature: logit scale (12.5 in the paper).
+        metric: ``cosine`` or ``l2``; center: channel-centre node features first.
+        sfc_steps, sfc_batch, sfc_lr, sfc_momentum, sfc_dampening, sfc_weight_decay:
+            Structured FC fitting for K > 1 shots (epochs over the support set, batch
+            size, SGD settings).
+    """
+
+    def __init__(self, backbone: Backbone, patch: str = "fcn", pyramid: Sequence[int] = (),
+                 grid: Sequence[int] = (2, 3), context_train: Sequence[float] = (1.0, 3.0),
+                 context_test: float = 2.0, num_patch: int = 9, patch_size: int = 84,
+                 solver: str = "exact", solver_options: Optional[dict] = None,
+                 eval_solver: str = "", eval_solver_options: Optional[dict] = None,
+                 temperature: float = 12.5, metric: str = "cosine", center: bool = True,
+                 sfc_steps: int = 100, sfc_batch: int = 4, sfc_lr: float = 0.1,
+                 sfc_momentum: float = 0.9, sfc_dampening: float = 0.9,
+                 sfc_weight_decay: float = 0.0):
+        super().__init__(backbone)
+        if patch not in PATCHES:
+            raise ConfigError(f"model.options.patch must be one of {PATCHES}, got {patch!r}")
+        known = emd.solvers()
+        for key, name in (("solver", solver), ("eval_solver", eval_solver or solver)):
+            if name not in known:
+                raise ConfigError(f"model.options.{key}: unknown EMD solver {name!r}; "
+                                  f"available: {', '.join(known)}")
+        self.patch, self.pyramid, self.grid = patch, tuple(pyramid), tuple(grid)
+        self.context_train, self.context_test = tuple(context_train), float(context_test)
+        self.num_patch, self.patch_size = num_patch, patch_size
+        self.solver, self.solver_options = solver, dict(solver_options or {})
+        self.eval_solver = eval_solver or solver
+        self.eval_solver_options = dict(eval_solver_options if eval_solver_options is not None
+                                        else (self.solver_options if not eval_solver else {}))
+        self.temperature, self.metric, self.center = temperature, metric, center
+        self.sfc = dict(steps=sfc_steps, batch=sfc_batch, lr=sfc_lr, momentum=sfc_momentum,
+                        dampening=sfc_dampening, weight_decay=sfc_weight_decay)
+        self.prototypes: Optional[torch.Tensor] = None
+
+    # ------------------------------------------------------------------ nodes
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """Node features [B, C, n_nodes] of images [B, C_in, H, W]."""
+        if self.patch == "fcn":
+            fmap = self.backbone.forward_features(images)
+            nodes = [fmap.flatten(2)] + [F.adaptive_avg_pool2d(fmap, s).flatten(2) for s in self.pyramid]
+            return torch.cat(nodes, dim=2)
+        crops = self._grid_crops(images) if self.patch == "grid" else self._sampled_crops(images)
+        B, P = crops.shape[:2]
+        pooled = self.backbone(crops.flatten(0, 1))                  # [B * P, C]
+        return pooled.reshape(B, P, -1).transpose(1, 2)
+
+    def _grid_crops(self, images: torch.Tensor) -> torch.Tensor:
+        B, _, H, W = images.shape
+        out = []
+        for g in self.grid:
+            for r in range(g):
+                for c in range(g):
+                    ratio = (float(torch.empty(()).uniform_(*self.context_train)) if self.training
+                             else self.context_test)
+                    h, w = H / g * ratio, W / g * ratio
+                    cy, cx = (r + 0.5) * H / g, (c + 0.5) * W / g
+                    y0, y1 = max(0, int(cy - h / 2)), min(H, int(math.ceil(cy + h / 2)))
+                    x0, x1 = max(0, int(cx - w / 2)), min(W, int(math.ceil(cx + w / 2)))
+                    out.append(F.interpolate(images[:, :, y0:y1, x0:x1], size=self.patch_size,
+                                             mode="bilinear", align_corners=False))
+        return torch.stack(out, dim=1)
+
+    def _sampled_crops(self, images: torch.Tensor) -> torch.Tensor:
+        from torchvision.transforms import RandomResizedCrop
+        out = []
+        for _ in range(self.num_patch):
+            i, j, h, w = RandomResizedCrop.get_params(images, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3))
+            out.append(F.interpolate(images[:, :, i:i + h, j:j + w], size=self.patch_size,
+                                     mode="bilinear", align_corners=False))
+        return torch.stack(out, dim=1)
+
+    def supports_feature_cache(self) -> bool:
+        return self.patch != "sampling"
+
+    # ------------------------------------------------------------------ EMD
+    def _layer(self):
+        return (self.solver, self.solver_options) if self.training else \
+            (self.eval_solver, self.eval_solver_options)
+
+    def logits(self, query: torch.Tensor, proto: torch.Tensor) -> torch.Tensor:
+        """Logits [Q, W] of query nodes [Q, C, M] against prototype nodes [W, C, N]."""
+        solver, options = self._layer()
+        return emd_logits(query, proto, solver, options, self.temperature, self.metric, self.center)
+
+    def fit_support(self, support_features: torch.Tensor, support_labels: torch.Tensor) -> None:
+        n_way = int(support_labels.max()) + 1
+        if support_features.shape[0] == n_way:  # 1-shot: the support nodes are the prototypes
+            order = torch.argsort(support_labels)
+            self.prototypes = support_features[order]
+        else:
+            self.prototypes = self.structured_fc(support_features, support_labels)
+
+    def score(self, query_features: torch.Tensor) -> torch.Tensor:
+        return self.logits(query_features, self.prototypes)
+
+    def structured_fc(self, support: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Structured FC prototypes [n_way, C, n_nodes] fitted to support [n, C, n_nodes].
+
+        Initialised from the class means, then SGD on the cross-entropy of the support
+        images' DeepEMD logits against the prototypes (gradient through the EMD layer);
+        the backbone features are held fixed."""
+        s = self.sfc
+        proto = nn.Parameter(class_means(support.detach(), labels).clone())
+        opt = torch.optim.SGD([proto], lr=s["lr"], momentum=s["momentum"],
+                              dampening=s["dampening"], weight_decay=s["weight_decay"])
+        feats = support.detach()
+        n = feats.shape[0]
+        with torch.enable_grad():
+            for _ in range(s["steps"]):
+                for chunk in torch.randperm(n, device=feats.device).split(s["batch"]):
+                    opt.zero_grad()
+                    loss = F.cross_entropy(self.logits(feats[chunk], proto), labels[chunk])
+                    loss.backward()
+                    opt.step()
+        return proto.detach()
+
+    def sfc_loss(self, support: torch.Tensor, labels: torch.Tensor, proto: torch.Tensor) -> float:
+        """Cross-entropy of the support set against prototypes ``proto`` (diagnostics)."""
+        with torch.no_grad():
+            return float(F.cross_entropy(self.logits(support, proto), labels))
+
+    def describe(self) -> Dict[str, str]:
+        """What produced the numbers: reported by eval.py."""
+        return {"patch": self.patch, "solver": self.solver, "eval_solver": self.eval_solver}

@@ -1,0 +1,117 @@
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from fewshot.models import Conv4, ResNet12, create_model
+from fewshot.models import deepemd as deepemd_module
+from fewshot.models.classifier import class_means
+from fewshot.models.deepemd import cross_reference_weights, emd_logits
+
+from emd_reference import lp_emd
+
+
+def test_weights_and_logits_by_hand():
+    """A 2-query x 2-prototype example computed with plain loops and scipy's LP."""
+    g = torch.Generator().manual_seed(0)
+    query = torch.randn(2, 3, 4, generator=g, dtype=torch.float64)   # [Q, C, M]
+    proto = torch.randn(2, 3, 4, generator=g, dtype=torch.float64)   # [W, C, N]
+    T = 12.5
+    logits = emd_logits(query, proto, solver="exact", temperature=T)
+    a_all = cross_reference_weights(query, proto)
+    for q in range(2):
+        for w in range(2):
+            u, v = query[q].numpy(), proto[w].numpy()           # [C, M], [C, N]
+            a = np.array([max(0.0, u[:, i] @ v.mean(1)) + 1e-3 for i in range(4)])
+            b = np.array([max(0.0, v[:, j] @ u.mean(1)) + 1e-3 for j in range(4)])
+            np.testing.assert_allclose(a_all[q, w].numpy(), a)
+            a, b = a * 4 / a.sum(), b * 4 / b.sum()
+            uc, vc = u - u.mean(0), v - v.mean(0)                # channel centring
+            sim = np.array([[uc[:, i] @ vc[:, j] / np.linalg.norm(uc[:, i]) / np.linalg.norm(vc[:, j])
+                             for j in range(4)] for i in range(4)])
+            # logit = T / n_nodes * sum(plan * sim) with the LP-optimal plan for cost 1 - sim
+            value = lp_emd(1 - sim, a, b)
+            expected = T / 4 * (a.sum() - value)
+            assert logits[q, w].item() == pytest.approx(expected, abs=1e-8)
+
+
+def test_resnet12_shapes_and_channel_count():
+    net = ResNet12().eval()
+    with torch.no_grad():
+        fmap = net.forward_features(torch.randn(2, 3, 84, 84))
+    assert fmap.shape == (2, 640, 5, 5) and net.num_channels == 640
+    small = ResNet12(channels=(8, 16, 24, 32)).eval()
+    assert small.forward_features(torch.randn(1, 3, 84, 84)).shape == (1, 32, 5, 5)
+    assert Conv4().forward_features(torch.randn(1, 3, 84, 84)).shape == (1, 64, 5, 5)
+
+
+def test_node_layouts():
+    x = torch.randn(3, 3, 84, 84)
+    fcn = create_model("deepemd", "conv4", {"hidden": 8}, {"pyramid": [2, 1]})
+    assert fcn.encode(x).shape == (3, 8, 25 + 4 + 1)
+    grid = create_model("deepemd", "conv4", {"hidden": 8}, {"patch": "grid", "patch_size": 32}).eval()
+    assert grid.encode(x).shape == (3, 8, 13)
+    assert torch.equal(grid.encode(x), grid.encode(x))  # deterministic at test time: cacheable
+    samp = create_model("deepemd", "conv4", {"hidden": 8}, {"patch": "sampling", "num_patch": 5,
+                                                            "patch_size": 32})
+    assert samp.encode(x).shape == (3, 8, 5) and not samp.supports_feature_cache()
+
+
+def _episode(n_way=3, n_shot=1, n_query=2, size=32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    s = torch.randn(n_way * n_shot, 3, size, size, generator=g)
+    q = torch.randn(n_way * n_query, 3, size, size, generator=g)
+    return s, torch.arange(n_way).repeat_interleave(n_shot), q, torch.arange(n_way).repeat_interleave(n_query)
+
+
+@pytest.mark.parametrize("backbone,options", [("conv4", {"hidden": 16}),
+                                              ("resnet12", {"channels": [8, 8, 16, 16]})])
+def test_episode_backward_reaches_every_parameter(backbone, options):
+    torch.manual_seed(0)
+    model = create_model("deepemd", backbone, options, {})
+    s, ys, q, yq = _episode(size=84 if backbone == "resnet12" else 32)
+    loss = F.cross_entropy(model.episode_logits(s, ys, q), yq)
+    loss.backward()
+    for name, p in model.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), name
+        assert p.grad.abs().sum() > 0, name
+
+
+def test_gradient_reaches_the_weights_path(monkeypatch):
+    """The cross-reference weights contribute to the gradient (unlike the OpenCV path)."""
+    torch.manual_seed(0)
+    query = torch.randn(4, 6, 9, dtype=torch.float64, requires_grad=True)
+    proto = torch.randn(3, 6, 9, dtype=torch.float64)
+    grad_full, = torch.autograd.grad(emd_logits(query, proto).sum(), query)
+    original = deepemd_module.cross_reference_weights
+    monkeypatch.setattr(deepemd_module, "cross_reference_weights",
+                        lambda x, y: original(x, y).detach())
+    grad_no_weights, = torch.autograd.grad(emd_logits(query, proto).sum(), query)
+    assert (grad_full - grad_no_weights).abs().max() > 1e-3
+
+
+def test_qpth_and_exact_logits_agree():
+    torch.manual_seed(1)
+    query = torch.randn(2, 8, 4, dtype=torch.float64)
+    proto = torch.randn(3, 8, 4, dtype=torch.float64)
+    torch.testing.assert_close(emd_logits(query, proto, solver="qpth"),
+                               emd_logits(query, proto, solver="exact"), atol=1e-3, rtol=0)
+
+
+def test_sfc_lowers_support_loss():
+    torch.manual_seed(0)
+    model = create_model("deepemd", "conv4", {"hidden": 16}, {"sfc_steps": 10, "sfc_lr": 0.1}).eval()
+    s, ys, _, _ = _episode(n_way=3, n_shot=4)
+    feats = model.encode(s).detach()
+    before = model.sfc_loss(feats, ys, class_means(feats, ys))
+    model.fit_support(feats, ys)
+    assert model.prototypes.shape == (3, 16, 4)
+    assert model.sfc_loss(feats, ys, model.prototypes) < before - 0.05
+
+
+def test_train_and_eval_solvers_are_reported():
+    model = create_model("deepemd", "conv4", {}, {"solver": "qpth", "eval_solver": "exact"})
+    assert model.describe() == {"patch": "fcn", "solver": "qpth", "eval_solver": "exact"}
+    from fewshot.errors import ConfigError
+    with pytest.raises(ConfigError, match="unknown EMD solver 'opencv'"):
+        create_model("deepemd", "conv4", {}, {"solver": "opencv"})

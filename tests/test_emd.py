@@ -1,0 +1,130 @@
+import numpy as np
+import pytest
+import torch
+
+from fewshot import emd
+from fewshot.emd import EMDInputError, solve
+from fewshot.errors import ConfigError
+
+from emd_reference import cosine_problems, lp_emd
+
+
+def test_registry():
+    assert {"exact", "qpth"} <= set(emd.solvers())
+
+
+@pytest.mark.parametrize("shape", [(6, 9, 9), (4, 7, 5), (3, 25, 25)])
+def test_exact_matches_highs(shape):
+    B, M, N = shape
+    cost, a, b = cosine_problems(B, M, N, seed=M * N)
+    r = solve(cost, a, b, solver="exact")
+    for i in range(B):
+        assert r.value[i].item() == pytest.approx(lp_emd(cost[i].numpy(), a[i].numpy(), b[i].numpy()),
+                                                  abs=1e-6)
+    torch.testing.assert_close(r.plan.sum(2), a, atol=1e-9, rtol=0)
+    torch.testing.assert_close(r.plan.sum(1), b, atol=1e-9, rtol=0)
+    assert (r.plan >= 0).all()
+    torch.testing.assert_close((r.plan * cost).sum((1, 2)), r.value)
+    f, g = r.potentials
+    # strong duality: value = <f, a> + <g, b> for the centred potentials too (sum a = sum b)
+    torch.testing.assert_close((f * a).sum(1) + (g * b).sum(1), r.value, atol=1e-9, rtol=0)
+
+
+def test_exact_gradients_match_finite_differences():
+    """Generic (random, non-degenerate) problems: directional derivatives of the LP value
+    along (d cost, d a, d b) with sum(d a) = sum(d b) equal the envelope-theorem gradients."""
+    B, M, N = 4, 6, 5
+    cost, a, b = cosine_problems(B, M, N, seed=3)
+    cost.requires_grad_(True), a.requires_grad_(True), b.requires_grad_(True)
+    value = solve(cost, a, b).value
+    gc, ga, gb = torch.autograd.grad(value.sum(), (cost, a, b))
+    g = torch.Generator().manual_seed(0)
+    for _ in range(3):
+        dc = torch.randn(B, M, N, generator=g, dtype=torch.float64)
+        da = torch.randn(B, M, generator=g, dtype=torch.float64)
+        db = torch.randn(B, N, generator=g, dtype=torch.float64)
+        da -= da.mean(1, keepdim=True)
+        db -= db.mean(1, keepdim=True)
+        h = 1e-6
+        with torch.no_grad():
+            lp = lambda s: np.array([lp_emd((cost + s * dc)[i].numpy(), (a + s * da)[i].numpy(),  # noqa
+                                             (b + s * db)[i].numpy()) for i in range(B)])
+            fd = (lp(h) - lp(-h)) / (2 * h)
+        analytic = ((gc * dc).sum((1, 2)) + (ga * da).sum(1) + (gb * db).sum(1)).numpy()
+        np.testing.assert_allclose(analytic, fd, rtol=1e-5, atol=1e-6)
+    # the a/b gradients are the centred potentials
+    assert ga.mean(1).abs().max() < 1e-12 and gb.mean(1).abs().max() < 1e-12
+
+
+@pytest.mark.parametrize("form", ["L2", "QP"])
+def test_qpth_agrees_with_exact(form):
+    cost, a, b = cosine_problems(3, 9, 9, seed=5)
+    exact = solve(cost, a, b, solver="exact")
+    r = solve(cost, a, b, solver="qpth", form=form)
+    # regularisation error of l2 1e-6 / ridge 1e-4 at mass 9: far below 1e-3
+    torch.testing.assert_close(r.value, exact.value, atol=1e-3, rtol=1e-3)
+    torch.testing.assert_close(r.plan.sum(2), a, atol=1e-6, rtol=0)
+    torch.testing.assert_close(r.plan.sum(1), b, atol=1e-6, rtol=0)
+
+
+def test_qpth_real_deepemd_scale_is_reliable():
+    """25 x 25 cosine costs of 640-d features, weights summing to 25, L2 form, l2 1e-6:
+    finishes, finite, and within the regularisation error of the exact optimum."""
+    cost, a, b = cosine_problems(2, 25, 25, seed=9, dim=640)
+    r = solve(cost, a, b, solver="qpth", form="L2", l2_strength=1e-6)
+    exact = solve(cost, a, b, solver="exact")
+    assert torch.isfinite(r.plan).all()
+    torch.testing.assert_close(r.value, exact.value, atol=1e-3, rtol=1e-4)
+
+
+def test_qpth_gradient_flows_to_cost_and_weights():
+    cost, a, b = cosine_problems(2, 4, 4, seed=1)
+    cost.requires_grad_(True), a.requires_grad_(True)
+    r = solve(cost, a, b, solver="qpth")
+    ga, gc = torch.autograd.grad(r.value.sum(), (a, cost))
+    assert torch.isfinite(gc).all() and gc.abs().sum() > 0 and ga.abs().sum() > 0
+    # d value / d cost ~ plan (envelope theorem holds up to the tiny regulariser)
+    torch.testing.assert_close(gc, r.plan.detach(), atol=2e-3, rtol=0)
+
+
+@pytest.mark.parametrize("solver", ["exact", "qpth"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_dtype_and_device_preserved(solver, dtype):
+    cost, a, b = cosine_problems(2, 4, 5, dtype=dtype, seed=2)
+    r = solve(cost, a, b, solver=solver)
+    assert r.plan.dtype == dtype and r.value.dtype == dtype
+    assert r.plan.device == cost.device and r.value.shape == (2,) and r.plan.shape == (2, 4, 5)
+    assert r.solver == solver
+
+
+@pytest.mark.parametrize("solver", ["exact", "qpth"])
+def test_bad_input_names_the_argument(solver):
+    cost, a, b = cosine_problems(2, 4, 4, seed=0)
+    nan_cost = cost.clone()
+    nan_cost[0, 1, 2] = float("nan")
+    neg_a = a.clone()
+    neg_a[1, 0] = -0.5
+    cases = [
+        ((nan_cost, a, b), "cost.*NaN"),
+        ((cost.clone().fill_(float("inf")), a, b), "cost.*infinite"),
+        ((cost, neg_a, b), "a has negative"),
+        ((cost, a, torch.zeros_like(b)), "b has a row with zero"),
+        ((cost, a[:, :3], b), r"a must have shape \[B, M\]"),
+        ((cost, a, b[:1]), r"b must have shape"),
+        ((cost[0], a, b), r"cost must have shape \[B, M, N\]"),
+        ((cost, a.float(), b), "a has dtype torch.float32 but cost has torch.float64"),
+        ((cost, a, b.to("meta")), "b is on meta but cost is on cpu"),
+        ((cost, a * 2, b), "equal total mass"),
+        ((cost.long(), a, b), "cost must be a floating-point"),
+    ]
+    for args, match in cases:
+        with pytest.raises(EMDInputError, match=match):
+            solve(*args, solver=solver)
+
+
+def test_unknown_solver_and_option():
+    cost, a, b = cosine_problems(1, 3, 3)
+    with pytest.raises(ConfigError, match="unknown EMD solver 'simplex'"):
+        solve(cost, a, b, solver="simplex")
+    with pytest.raises(ConfigError, match="'epsilon'"):
+        solve(cost, a, b, solver="exact", epsilon=0.1)
