@@ -128,3 +128,52 @@ def test_unknown_solver_and_option():
         solve(cost, a, b, solver="simplex")
     with pytest.raises(ConfigError, match="'epsilon'"):
         solve(cost, a, b, solver="exact", epsilon=0.1)
+
+
+# ----------------------------------------------------------------------------- sinkhorn
+
+def _renormalised(cost, a, b):
+    """float64 copies with b rescaled to a's mass to float64 precision."""
+    a64, b64 = a.double(), b.double()
+    return cost.double(), a64, b64 * a64.sum(1, keepdim=True) / b64.sum(1, keepdim=True)
+
+
+def test_sinkhorn_float32_converges_to_exact_without_nan():
+    cost, a, b = cosine_problems(375, 25, 25, dtype=torch.float32, seed=4, dim=64)
+    exact = solve(*_renormalised(cost, a, b), solver="exact")
+    r = solve(cost, a, b, solver="sinkhorn", epsilon=0.01)
+    assert torch.isfinite(r.plan).all() and torch.isfinite(r.value).all()
+    rel = ((r.value.double() - exact.value) / exact.value).abs()
+    assert rel.max() <= 0.01
+    assert r.info["converged"].all() and (r.info["marginal_error"] <= 1e-3).all()
+    err = (r.plan.sum(1) - b).abs().sum(1) / b.sum(1)
+    assert err.max() <= 1.5e-3  # the stated tolerance, up to float32 rounding
+    # smaller epsilon: closer to the LP; still no NaN in float32 at epsilon = 1e-3
+    small = solve(cost[:20], a[:20], b[:20], solver="sinkhorn", epsilon=1e-3, max_iter=3000,
+                  epsilon_scaling=0.5)
+    assert torch.isfinite(small.plan).all()
+    rel_small = ((small.value.double() - exact.value[:20]) / exact.value[:20]).abs()
+    assert rel_small.mean() < rel[:20].mean()
+
+
+@pytest.mark.parametrize("gradient", ["implicit", "unrolled"])
+def test_sinkhorn_gradient_matches_finite_differences(gradient):
+    cost, a, b = cosine_problems(2, 5, 4, seed=1)
+    cost.requires_grad_(True), a.requires_grad_(True), b.requires_grad_(True)
+
+    def value(c, x, y):
+        return solve(c, x, y, solver="sinkhorn", epsilon=0.1, tol=1e-13, max_iter=20000,
+                     gradient=gradient).value
+
+    gc, ga, gb = torch.autograd.grad(value(cost, a, b).sum(), (cost, a, b))
+    g = torch.Generator().manual_seed(0)
+    dc = torch.randn(cost.shape, generator=g, dtype=torch.float64)
+    da = torch.randn(a.shape, generator=g, dtype=torch.float64)
+    db = torch.randn(b.shape, generator=g, dtype=torch.float64)
+    da -= da.mean(1, keepdim=True)
+    db -= db.mean(1, keepdim=True)
+    h = 1e-5
+    with torch.no_grad():
+        fd = (value(cost + h * dc, a + h * da, b + h * db) - value(cost - h * dc, a - h * da, b - h * db)) / (2 * h)
+    analytic = (gc * dc).sum((1, 2)) + (ga * da).sum(1) + (gb * db).sum(1)
+    torch.testing.assert_close(analytic, fd, atol=1e-6, rtol=1e-5)

@@ -18,10 +18,12 @@ from ..registry import Registry
 from ._exact import solve_exact
 from ._problem import EMDInputError, EMDResult, check_problem
 from ._qpth import EMDSolverError, solve_qpth
+from ._sinkhorn import solve_sinkhorn
 
 SOLVERS = Registry("EMD solver")
 SOLVERS.register("exact")(solve_exact)
 SOLVERS.register("qpth")(solve_qpth)
+SOLVERS.register("sinkhorn")(solve_sinkhorn)
 
 
 def solvers() -> List[str]:

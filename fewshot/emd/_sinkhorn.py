@@ -1,0 +1,121 @@
+"""``sinkhorn``: entropic optimal transport by log-domain Sinkhorn iterations.
+
+Solves min_P <P, cost> + epsilon * sum P (log P - 1) over P >= 0 with row sums a and
+column sums b; the plan is P = exp((f_i + g_j - cost_ij) / epsilon) for the returned
+potentials (f, g). Iterations stay in the log domain (log-sum-exp), so float32 is
+stable down to epsilon = 1e-3 on costs of order 1; optional epsilon scaling starts
+at the largest cost and shrinks by ``epsilon_scaling`` per stage, warm-starting the
+potentials. ``value`` is the transport cost <P, cost> (which tends to the EMD as
+epsilon -> 0); ``info`` reports per problem the L1 marginal error relative to the
+mass, whether it reached ``tol`` and the iteration count.
+
+Differentiation (``gradient``):
+  * ``"implicit"`` (default): exact derivative of <P, cost> at the Sinkhorn fixed
+    point by the implicit-function theorem: one dense (M + N - 1) linear solve per
+    problem, no stored iterations. With z solving H z = [(P * cost) 1; (P * cost)^T 1],
+    H = [[diag(a), P], [P^T, diag(b)]]: d value / d cost = P * (1 + (z_f + z_g - cost) / epsilon),
+    d value / d a = z_f, d value / d b = z_g (centred).
+  * ``"unrolled"``: autograd through every iteration (memory grows with iterations).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ._problem import EMDResult
+
+
+def _iterate(cost, log_a, log_b, f, g, eps, max_iter, tol, mass, check_every=10):
+    it = 0
+    err = torch.full(cost.shape[:1], float("inf"), dtype=cost.dtype, device=cost.device)
+    while it < max_iter:
+        f = eps * (log_a - torch.logsumexp((g[:, None, :] - cost) / eps, dim=2))
+        g = eps * (log_b - torch.logsumexp((f[:, :, None] - cost) / eps, dim=1))
+        it += 1
+        if it % check_every == 0 or it == max_iter:
+            with torch.no_grad():
+                rows = torch.exp((f[:, :, None] + g[:, None, :] - cost) / eps).sum(2)
+                err = (rows - log_a.exp()).abs().sum(1) / mass
+            if bool((err <= tol).all()):
+                break
+    return f, g, it, err
+
+
+def _plan(cost, f, g, eps):
+    return torch.exp((f[:, :, None] + g[:, None, :] - cost) / eps)
+
+
+class _ImplicitValue(torch.autograd.Function):
+    """value = <P, cost> with the implicit-function-theorem gradient (see module docstring)."""
+
+    @staticmethod
+    def forward(ctx, cost, a, b, plan, eps):
+        ctx.save_for_backward(cost, a, b, plan)
+        ctx.eps = eps
+        return (plan * cost).sum((1, 2))
+
+    @staticmethod
+    def backward(ctx, grad_value):
+        cost, a, b, plan = ctx.saved_tensors
+        eps = ctx.eps
+        B, M, N = cost.shape
+        dt = torch.float64  # the KKT solve is done in float64 for accuracy
+        P, C = plan.to(dt), cost.to(dt)
+        H = torch.zeros(B, M + N, M + N, dtype=dt, device=cost.device)
+        H[:, :M, :M] = torch.diag_embed(P.sum(2))
+        H[:, M:, M:] = torch.diag_embed(P.sum(1))
+        H[:, :M, M:] = P
+        H[:, M:, :M] = P.transpose(1, 2)
+        PC = P * C
+        w = torch.cat([PC.sum(2), PC.sum(1)], dim=1)
+        # gauge: the null space is (1, -1); fix the last g coordinate to 0
+        z = torch.zeros(B, M + N, dtype=dt, device=cost.device)
+        z[:, :-1] = torch.linalg.solve(H[:, :-1, :-1], w[:, :-1])
+        zf, zg = z[:, :M], z[:, M:]
+        gc = P * (1 + (zf[:, :, None] + zg[:, None, :] - C) / eps)
+        ga = zf - zf.mean(1, keepdim=True)
+        gb = zg - zg.mean(1, keepdim=True)
+        gv = grad_value.to(dt)
+        return ((gv[:, None, None] * gc).to(cost.dtype), (gv[:, None] * ga).to(a.dtype),
+                (gv[:, None] * gb).to(b.dtype), None, None)
+
+
+def solve_sinkhorn(cost: torch.Tensor, a: torch.Tensor, b: torch.Tensor, epsilon: float = 0.01,
+                   max_iter: int = 1000, tol: float = 1e-3, epsilon_scaling: float = 0.0,
+                   gradient: str = "implicit") -> EMDResult:
+    """Entropic EMD of cost [B, M, N], a [B, M], b [B, N]; see the module docstring."""
+    if gradient not in ("implicit", "unrolled"):
+        raise ValueError(f"sinkhorn gradient must be 'implicit' or 'unrolled', got {gradient!r}")
+    if epsilon <= 0:
+        raise ValueError(f"sinkhorn epsilon must be > 0, got {epsilon}")
+    B, M, N = cost.shape
+    unrolled = gradient == "unrolled"
+    c = cost if unrolled else cost.detach()
+    log_a = (a if unrolled else a.detach()).log()
+    log_b = (b if unrolled else b.detach()).log()
+    mass = a.detach().sum(1)
+    f = torch.zeros(B, M, dtype=cost.dtype, device=cost.device)
+    g = torch.zeros(B, N, dtype=cost.dtype, device=cost.device)
+    schedule = [epsilon]
+    if epsilon_scaling:
+        if not 0 < epsilon_scaling < 1:
+            raise ValueError("sinkhorn epsilon_scaling must be in (0, 1)")
+        start = max(float(c.detach().abs().max()), epsilon)
+        k = max(0, math.ceil(math.log(epsilon / start) / math.log(epsilon_scaling)))
+        schedule = [max(epsilon, start * epsilon_scaling ** i) for i in range(k)] + [epsilon]
+    total = 0
+    for i, eps in enumerate(schedule):
+        last = i == len(schedule) - 1
+        f, g, it, err = _iterate(c, log_a, log_b, f, g, eps, max_iter if last else 20,
+                                 tol if last else 1e-2, mass)
+        total += it
+    plan = _plan(c, f, g, epsilon)
+    if unrolled:
+        value = (plan * cost).sum((1, 2))
+    else:
+        value = _ImplicitValue.apply(cost, a, b, plan, epsilon)
+    info = {"marginal_error": err, "converged": err <= tol, "iterations": total,
+            "epsilon": epsilon, "gradient": gradient}
+    return EMDResult(plan=plan if unrolled else plan.detach(), value=value,
+                     potentials=(f.detach(), g.detach()), solver="sinkhorn", info=info)
