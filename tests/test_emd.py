@@ -87,7 +87,7 @@ def test_qpth_gradient_flows_to_cost_and_weights():
     torch.testing.assert_close(gc, r.plan.detach(), atol=2e-3, rtol=0)
 
 
-@pytest.mark.parametrize("solver", ["exact", "qpth"])
+@pytest.mark.parametrize("solver", emd.solvers())
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_dtype_and_device_preserved(solver, dtype):
     cost, a, b = cosine_problems(2, 4, 5, dtype=dtype, seed=2)
@@ -97,7 +97,7 @@ def test_dtype_and_device_preserved(solver, dtype):
     assert r.solver == solver
 
 
-@pytest.mark.parametrize("solver", ["exact", "qpth"])
+@pytest.mark.parametrize("solver", emd.solvers())
 def test_bad_input_names_the_argument(solver):
     cost, a, b = cosine_problems(2, 4, 4, seed=0)
     nan_cost = cost.clone()
@@ -177,3 +177,61 @@ def test_sinkhorn_gradient_matches_finite_differences(gradient):
         fd = (value(cost + h * dc, a + h * da, b + h * db) - value(cost - h * dc, a - h * da, b - h * db)) / (2 * h)
     analytic = (gc * dc).sum((1, 2)) + (ga * da).sum(1) + (gb * db).sum(1)
     torch.testing.assert_close(analytic, fd, atol=1e-6, rtol=1e-5)
+
+
+# ----------------------------------------------------------------------------- cvxpylayers
+
+def test_cvxpylayers_agrees_with_exact_and_its_own_finite_differences():
+    cost, a, b = cosine_problems(2, 6, 5, seed=5)
+    exact = solve(cost, a, b, solver="exact")
+    cost.requires_grad_(True)
+    r = solve(cost, a, b, solver="cvxpylayers")
+    torch.testing.assert_close(r.value.detach(), exact.value, atol=2e-3, rtol=0)
+    torch.testing.assert_close(r.plan.detach().sum(2), a, atol=1e-6, rtol=0)
+    gc, = torch.autograd.grad(r.value.sum(), cost)
+    dc = torch.randn(cost.shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    h = 1e-4
+    with torch.no_grad():
+        fd = (solve(cost + h * dc, a, b, solver="cvxpylayers").value
+              - solve(cost - h * dc, a, b, solver="cvxpylayers").value) / (2 * h)
+    torch.testing.assert_close((gc * dc).sum((1, 2)), fd, atol=1e-4, rtol=1e-3)
+
+
+# ----------------------------------------------------------------------------- solver matrix
+
+# Relative L1 marginal error each solver guarantees (sinkhorn: its stated tol, in float32 too).
+MARGINAL_TOL = {"exact": 1e-6, "qpth": 1e-4, "sinkhorn": 2e-3, "cvxpylayers": 1e-4}
+# Problems some solvers cannot take in reasonable time or memory.
+SKIP = {("qpth", 100): "qpth's dense KKT system for 10^4 variables needs ~800 MB per problem"}
+HEAVY = {("sinkhorn", 100, 375), ("qpth", 25, 375), ("qpth", 9, 375), ("cvxpylayers", 25, 375), ("cvxpylayers", 100, 1),
+         ("cvxpylayers", 100, 375), ("cvxpylayers", 9, 375)}
+
+
+def _matrix():
+    for solver in emd.solvers():
+        for n in (9, 25, 100):
+            for batch in (1, 375):
+                for dtype in (torch.float32, torch.float64):
+                    marks = [pytest.mark.slow] if (solver, n, batch) in HEAVY else []
+                    if (solver, n) in SKIP:
+                        marks = [pytest.mark.skip(reason=SKIP[(solver, n)])]
+                    yield pytest.param(solver, n, batch, dtype, marks=marks,
+                                       id=f"{solver}-{n}-{batch}-{str(dtype)[6:]}")
+
+
+@pytest.mark.parametrize("solver,n,batch,dtype", list(_matrix()))
+def test_solver_matrix(solver, n, batch, dtype):
+    cost, a, b = cosine_problems(batch, n, n, dtype=dtype, seed=n + batch)
+    cost.requires_grad_(True), a.requires_grad_(True), b.requires_grad_(True)
+    r = solve(cost, a, b, solver=solver)
+    assert r.plan.shape == (batch, n, n) and r.value.shape == (batch,)
+    assert r.plan.dtype == dtype and r.value.dtype == dtype and r.solver == solver
+    mass = a.detach().sum(1)
+    for got, want in ((r.plan.detach().sum(2), a.detach()), (r.plan.detach().sum(1), b.detach())):
+        err = (got - want).abs().sum(1) / mass
+        assert err.max() <= MARGINAL_TOL[solver], float(err.max())
+    assert torch.isfinite(r.value).all() and (r.plan.detach() >= -1e-6).all()
+    grads = torch.autograd.grad(r.value.sum(), (cost, a, b), allow_unused=True)
+    assert grads[0] is not None and grads[0].shape == cost.shape and torch.isfinite(grads[0]).all()
+    for g, t in zip(grads[1:], (a, b)):
+        assert g is not None and g.shape == t.shape and torch.isfinite(g).all()

@@ -15,6 +15,7 @@ from typing import Callable, List
 import torch
 
 from ..registry import Registry
+from ._cvxpylayers import solve_cvxpylayers
 from ._exact import solve_exact
 from ._problem import EMDInputError, EMDResult, check_problem
 from ._qpth import EMDSolverError, solve_qpth
@@ -24,6 +25,7 @@ SOLVERS = Registry("EMD solver")
 SOLVERS.register("exact")(solve_exact)
 SOLVERS.register("qpth")(solve_qpth)
 SOLVERS.register("sinkhorn")(solve_sinkhorn)
+SOLVERS.register("cvxpylayers")(solve_cvxpylayers)
 
 
 def solvers() -> List[str]:

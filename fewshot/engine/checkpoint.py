@@ -19,6 +19,7 @@ def _atomic(path: str, write) -> None:
             write(f)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
         os.replace(tmp, path)  # atomic on POSIX: readers see the old or the new file
     except BaseException:
         if os.path.exists(tmp):
