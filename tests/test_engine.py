@@ -67,3 +67,17 @@ def test_cli_errors_are_one_paragraph(tmp_path, capsys):
     assert "'nope'" in capsys.readouterr().err
     assert eval_main(["--checkpoint", str(tmp_path / "missing.pt")]) == 2
     assert "missing.pt" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("solver", ["exact", "sinkhorn", "qpth", "cvxpylayers"])
+def test_deepemd_trains_with_each_solver_by_one_key(folder_root, tmp_path, solver):
+    out = str(tmp_path / solver)
+    args = _args(folder_root, out, "--max-steps", "2", "model.method=deepemd", "data.image_size=32",
+                 "--query", "1", f"model.options.solver={solver}", f"model.options.eval_solver={solver}",
+                 "meta.val_episodes=2", "eval.n_query=1")
+    assert train_main(args) == 0
+    result = str(tmp_path / "r.json")
+    assert eval_main(["--checkpoint", os.path.join(out, "meta", "best.pt"), "--episodes", "2",
+                      "--result", result]) == 0
+    got = json.load(open(result))
+    assert got["solver"] == solver and got["eval_solver"] == solver and got["method"] == "deepemd"
