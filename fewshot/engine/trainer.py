@@ -239,9 +239,9 @@ def _validator(config: Config, model: FewShotClassifier, device: torch.device, n
 
 def pretrain(config: Config, resume: Optional[str] = None) -> str:
     """Classification pretraining over all train classes; returns the best checkpoint path."""
-    folder, device = _prepare(config, "pretrain")
     p = config.pretrain
-    train_set = load_split(config, config.data.train_split, train=True)
+    train_set = load_split(config, config.data.train_split, train=True)  # data errors first
+    folder, device = _prepare(config, "pretrain")
     model = build_model(config).to(device)
     head = nn.Linear(model.backbone.num_channels, len(train_set.classes)).to(device)
     optimizer = _sgd(list(model.parameters()) + list(head.parameters()), p.lr, p.momentum,
@@ -307,8 +307,10 @@ def load_pretrained(model: FewShotClassifier, path: str) -> None:
 
 def meta_train(config: Config, resume: Optional[str] = None) -> str:
     """Episodic training; returns the best checkpoint path."""
-    folder, device = _prepare(config, "meta")
     m, e = config.meta, config.episode
+    train_set = load_split(config, config.data.train_split, train=True)  # data errors first
+    sampler = EpisodeSampler(train_set, e.n_way, e.n_shot, e.n_query, seed=config.run.seed)
+    folder, device = _prepare(config, "meta")
     model = build_model(config).to(device)
     if m.pretrained:
         load_pretrained(model, m.pretrained)
@@ -321,9 +323,6 @@ def meta_train(config: Config, resume: Optional[str] = None) -> str:
     path = _resume_path(folder, resume)
     if path:
         stage.restore(path)
-    train_set = load_split(config, config.data.train_split, train=True)
-    sampler = EpisodeSampler(train_set, e.n_way, e.n_shot, e.n_query, seed=config.run.seed)
-
     def batches(epoch: int, offset: int):
         start = epoch * m.episodes_per_epoch
         return torch.utils.data.DataLoader(
