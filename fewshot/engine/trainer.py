@@ -335,8 +335,9 @@ def meta_train(config: Config, resume: Optional[str] = None) -> str:
         loss = F.cross_entropy(logits, ep.query_labels)
         return loss, (logits.argmax(1) == ep.query_labels).float().mean().item() * 100, 1
 
+    details = "".join(f", {k} {v}" for k, v in getattr(model, "describe", dict)().items())
     log(f"[meta] {e.n_way}-way {e.n_shot}-shot {e.n_query}-query, {config.model.method} / "
-        f"{config.model.backbone} on {device}")
+        f"{config.model.backbone}{details} on {device}")
     validate = _validator(config, model, device, m.val_episodes, e.n_way, e.n_shot)
     _run_epochs(stage, m.epochs, m.episodes_per_epoch, batches, step_fn, validate, unit="episodes",
                 val_every=m.val_every)
