@@ -283,15 +283,7 @@ def cub_official(root: str, split: str, split_file: str = "", bounding_box: bool
         raise DataError(f"CUB folder {image_dir!r} does not exist; expected CUB_200_2011/images/<class>/")
     folders = _class_folders(image_dir)
     if split_file:
-        if not os.path.isfile(split_file):
-            raise DataError(f"CUB split file {split_file!r} does not exist")
-        try:
-            with open(split_file) as f:
-                spec = json.load(f)
-            names = list(spec[split])
-        except (json.JSONDecodeError, KeyError, TypeError) as e:
-            raise DataError(f"CUB split file {split_file!r}: expected JSON with a list of class "
-                            f"folders under key {split!r} ({e})") from None
+        names = _read_split_json(split_file, split)
         missing = [c for c in names if c not in folders]
         if missing:
             raise DataError(f"CUB split file {split_file!r}: classes {missing[:3]} not in {image_dir!r}")
@@ -304,26 +296,40 @@ def cub_official(root: str, split: str, split_file: str = "", bounding_box: bool
     return ds
 
 
+def _read_rows(path: str, expected: str) -> List[List[str]]:
+    """Whitespace-separated rows of ``path``, each with as many fields as ``expected`` names."""
+    n = len(expected.split())
+    rows = []
+    with open(path) as f:
+        for lineno, line in enumerate(f, 1):
+            parts = line.split()
+            if len(parts) != n:
+                raise DataError(f"{path!r}, line {lineno}: expected '{expected}'")
+            rows.append(parts)
+    return rows
+
+
+def _read_split_json(split_file: str, split: str) -> List[str]:
+    """Class folder names of ``split`` from a JSON split file ``{"train": [...], ...}``."""
+    if not os.path.isfile(split_file):
+        raise DataError(f"split file {split_file!r} does not exist")
+    try:
+        with open(split_file) as f:
+            return list(json.load(f)[split])
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise DataError(f"split file {split_file!r}: expected JSON with a list of class folders "
+                        f"under key {split!r} ({e})") from None
+
+
 def _cub_boxes(root: str, paths: List[str]) -> List[Tuple[float, float, float, float]]:
     index_file = os.path.join(root, "images.txt")
     box_file = os.path.join(root, "bounding_boxes.txt")
     for f in (index_file, box_file):
         if not os.path.isfile(f):
             raise DataError(f"bounding-box crop needs {f!r}, which does not exist")
-    ids = {}
-    with open(index_file) as f:
-        for lineno, line in enumerate(f, 1):
-            parts = line.split()
-            if len(parts) != 2:
-                raise DataError(f"{index_file!r}, line {lineno}: expected '<id> <relative path>'")
-            ids[parts[1]] = parts[0]
-    boxes = {}
-    with open(box_file) as f:
-        for lineno, line in enumerate(f, 1):
-            parts = line.split()
-            if len(parts) != 5:
-                raise DataError(f"{box_file!r}, line {lineno}: expected '<id> <x> <y> <width> <height>'")
-            boxes[parts[0]] = tuple(float(v) for v in parts[1:])
+    ids = {path: i for i, path in _read_rows(index_file, "<id> <image_path>")}
+    boxes = {i: tuple(float(v) for v in box)
+             for i, *box in _read_rows(box_file, "<id> <x> <y> <width> <height>")}
     out = []
     for p in paths:
         rel = os.path.relpath(p, os.path.join(root, "images")).replace(os.sep, "/")
@@ -427,14 +433,7 @@ def image_folder(root: str, split: str, split_file: str = "") -> ImageDataset:
     if not split_file:
         raise DataError(f"folder dataset {root!r}: no split folder {split!r} and no "
                         f"data.options.split_file naming the classes of each split")
-    if not os.path.isfile(split_file):
-        raise DataError(f"split file {split_file!r} does not exist")
-    try:
-        with open(split_file) as f:
-            names = list(json.load(f)[split])
-    except (json.JSONDecodeError, KeyError, TypeError) as e:
-        raise DataError(f"split file {split_file!r}: expected JSON with a list of class folders "
-                        f"under key {split!r} ({e})") from None
+    names = _read_split_json(split_file, split)
     for c in names:
         if not os.path.isdir(os.path.join(root, c)):
             raise DataError(f"split file {split_file!r}: class folder {os.path.join(root, c)!r} "
