@@ -200,10 +200,10 @@ def test_cvxpylayers_agrees_with_exact_and_its_own_finite_differences():
 # ----------------------------------------------------------------------------- solver matrix
 
 # Relative L1 marginal error each solver guarantees (sinkhorn: its stated tol, in float32 too).
-MARGINAL_TOL = {"exact": 1e-6, "qpth": 1e-4, "sinkhorn": 2e-3, "cvxpylayers": 1e-4}
+MARGINAL_TOL = {"exact": 1e-6, "qpth": 1e-4, "sinkhorn": 2e-3, "cvxpylayers": 1e-4, "tree": 1e-6}
 # Problems some solvers cannot take in reasonable time or memory.
 SKIP = {("qpth", 100): "qpth's dense KKT system for 10^4 variables needs ~800 MB per problem"}
-HEAVY = {("sinkhorn", 100, 375), ("qpth", 25, 375), ("qpth", 9, 375), ("cvxpylayers", 25, 375), ("cvxpylayers", 100, 1),
+HEAVY = {("tree", 100, 375), ("sinkhorn", 100, 375), ("qpth", 25, 375), ("qpth", 9, 375), ("cvxpylayers", 25, 375), ("cvxpylayers", 100, 1),
          ("cvxpylayers", 100, 375), ("cvxpylayers", 9, 375)}
 
 
@@ -235,3 +235,71 @@ def test_solver_matrix(solver, n, batch, dtype):
     assert grads[0] is not None and grads[0].shape == cost.shape and torch.isfinite(grads[0]).all()
     for g, t in zip(grads[1:], (a, b)):
         assert g is not None and g.shape == t.shape and torch.isfinite(g).all()
+
+
+# ----------------------------------------------------------------------------- tree
+
+def _tree_metric(cost, parent, M, N):
+    """Path lengths between left and right nodes in the tree given by ``parent``."""
+    import collections
+    adj = collections.defaultdict(list)
+    for v, u in enumerate(parent):
+        if u != v:
+            i, j = (v, u - M) if v < M else (u, v - M)
+            adj[v].append((u, cost[i, j]))
+            adj[u].append((v, cost[i, j]))
+    out = np.zeros((M, N))
+    for i in range(M):
+        dist, stack = {i: 0.0}, [i]
+        while stack:
+            x = stack.pop()
+            for y, w in adj[x]:
+                if y not in dist:
+                    dist[y] = dist[x] + w
+                    stack.append(y)
+        out[i] = [dist[M + j] for j in range(N)]
+    return out
+
+
+def test_tree_rho1_equals_lp_on_the_tree_metric():
+    from fewshot.emd._tree import bipartite_mst
+    B, M, N = 4, 7, 6
+    cost, a, b = cosine_problems(B, M, N, seed=8)
+    r = solve(cost, a, b, solver="tree")
+    parent, _ = bipartite_mst(cost, torch.zeros(B, dtype=torch.long))
+    for p in range(B):
+        D = _tree_metric(cost[p].numpy(), parent[p].tolist(), M, N)
+        assert r.value[p].item() == pytest.approx(lp_emd(D, a[p].numpy(), b[p].numpy()), abs=1e-6)
+        # the returned plan is optimal for the tree metric and feasible
+        assert (r.plan[p] * torch.from_numpy(D)).sum().item() == pytest.approx(r.value[p].item(), abs=1e-9)
+    torch.testing.assert_close(r.plan.sum(2), a, atol=1e-9, rtol=0)
+    torch.testing.assert_close(r.plan.sum(1), b, atol=1e-9, rtol=0)
+
+
+@pytest.mark.parametrize("rho", [1.0, 2.0])
+def test_tree_gradient_matches_finite_differences(rho):
+    cost, a, b = cosine_problems(3, 5, 4, seed=6)
+    cost.requires_grad_(True), a.requires_grad_(True), b.requires_grad_(True)
+    f = lambda c, x, y: solve(c, x, y, solver="tree", rho=rho, return_plan=False).value  # noqa: E731
+    gc, ga, gb = torch.autograd.grad(f(cost, a, b).sum(), (cost, a, b))
+    g = torch.Generator().manual_seed(1)
+    dc = torch.randn(cost.shape, generator=g, dtype=torch.float64)
+    da = torch.randn(a.shape, generator=g, dtype=torch.float64)
+    db = torch.randn(b.shape, generator=g, dtype=torch.float64)
+    da -= da.mean(1, keepdim=True)
+    db -= db.mean(1, keepdim=True)
+    h = 1e-7
+    with torch.no_grad():
+        fd = (f(cost + h * dc, a + h * da, b + h * db) - f(cost - h * dc, a - h * da, b - h * db)) / (2 * h)
+    torch.testing.assert_close((gc * dc).sum((1, 2)) + (ga * da).sum(1) + (gb * db).sum(1), fd,
+                               atol=1e-6, rtol=1e-6)
+    # dirt-conserving gradient: the entries of the mass gradients sum to zero
+    assert ga.sum(1).abs().max() < 1e-12 and gb.sum(1).abs().max() < 1e-12
+
+
+def test_tree_sliced_average_of_random_trees():
+    cost, a, b = cosine_problems(2, 6, 6, seed=3)
+    one = solve(cost, a, b, solver="tree")
+    many = solve(cost, a, b, solver="tree", n_trees=4, seed=1)
+    torch.testing.assert_close(many.plan.sum(2), a, atol=1e-9, rtol=0)
+    assert not torch.equal(one.value, many.value)

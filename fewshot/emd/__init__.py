@@ -20,12 +20,14 @@ from ._exact import solve_exact
 from ._problem import EMDInputError, EMDResult, check_problem
 from ._qpth import EMDSolverError, solve_qpth
 from ._sinkhorn import solve_sinkhorn
+from ._tree import solve_tree
 
 SOLVERS = Registry("EMD solver")
 SOLVERS.register("exact")(solve_exact)
 SOLVERS.register("qpth")(solve_qpth)
 SOLVERS.register("sinkhorn")(solve_sinkhorn)
 SOLVERS.register("cvxpylayers")(solve_cvxpylayers)
+SOLVERS.register("tree")(solve_tree)
 
 
 def solvers() -> List[str]:
