@@ -27,3 +27,27 @@ def cosine_problems(B: int, M: int, N: int, dtype=torch.float64, seed: int = 0, 
     a = a * total / a.sum(1, keepdim=True)
     b = b * total / b.sum(1, keepdim=True)
     return cost.to(dtype), a.to(dtype), b.to(dtype)
+
+
+def mass_preserving_direction(cost, a, b, seed: int = 0):
+    """A random direction (d cost, d a, d b) with sum(d a) = sum(d b) = 0 per problem."""
+    g = torch.Generator().manual_seed(seed)
+    dc = torch.randn(cost.shape, generator=g, dtype=torch.float64)
+    da = torch.randn(a.shape, generator=g, dtype=torch.float64)
+    db = torch.randn(b.shape, generator=g, dtype=torch.float64)
+    return dc, da - da.mean(1, keepdim=True), db - db.mean(1, keepdim=True)
+
+
+def check_directional_derivative(value_fn, cost, a, b, h: float, atol: float, rtol: float,
+                                 seed: int = 0):
+    """Autograd gradients of value_fn(cost, a, b) [B] against central finite differences
+    along a mass-preserving random direction. Returns the gradients."""
+    cost, a, b = (t.detach().clone().requires_grad_(True) for t in (cost, a, b))
+    gc, ga, gb = torch.autograd.grad(value_fn(cost, a, b).sum(), (cost, a, b))
+    dc, da, db = mass_preserving_direction(cost, a, b, seed)
+    with torch.no_grad():
+        fd = (value_fn(cost + h * dc, a + h * da, b + h * db)
+              - value_fn(cost - h * dc, a - h * da, b - h * db)) / (2 * h)
+    analytic = (gc * dc).sum((1, 2)) + (ga * da).sum(1) + (gb * db).sum(1)
+    torch.testing.assert_close(analytic, fd, atol=atol, rtol=rtol)
+    return gc, ga, gb
