@@ -150,7 +150,10 @@ def _run_epochs(stage: _Stage, epochs: int, steps_per_epoch: int,
     bar = tqdm(total=total, initial=min(stage.step, total), desc=stage.name, disable=not cfg.progress,
                dynamic_ncols=True)
 
+    validated_at = [-1]
+
     def check_val() -> None:
+        validated_at[0] = stage.step
         result = validate()
         writer.add_scalar("val/accuracy", result["accuracy"], stage.step)
         writer.add_scalar("val/ci95", result["ci95"], stage.step)
@@ -164,6 +167,9 @@ def _run_epochs(stage: _Stage, epochs: int, steps_per_epoch: int,
 
     stopped = False
     while stage.epoch < epochs and not stopped:
+        if cfg.max_steps and stage.step >= cfg.max_steps:
+            stopped = True
+            break
         offset = stage.step - stage.epoch * steps_per_epoch
         stage.model.train()
         for m in stage.extra.values():
@@ -202,7 +208,8 @@ def _run_epochs(stage: _Stage, epochs: int, steps_per_epoch: int,
         save_checkpoint(last_path, stage.state())
     if stopped:
         log(f"[{stage.name}] stopped after --max-steps {cfg.max_steps}")
-        check_val()
+        if validated_at[0] != stage.step:
+            check_val()
         save_checkpoint(last_path, stage.state())
     bar.close()
     writer.close()
