@@ -279,3 +279,56 @@ def test_tree_sliced_average_of_random_trees():
     many = solve(cost, a, b, solver="tree", n_trees=4, seed=1)
     torch.testing.assert_close(many.plan.sum(2), a, atol=1e-9, rtol=0)
     assert not torch.equal(one.value, many.value)
+
+
+# ----------------------------------------------------------------------------- class-tree loss
+
+def test_tree_emd_on_class_histograms_matches_lp_and_chain():
+    from scipy.stats import wasserstein_distance
+    from fewshot.emd.hierarchy import TreeEMDLoss, tree_emd
+    # a chain 0-1-2-3-4 with unit edges: rho = 1 is the 1-D Wasserstein distance
+    parents = [-1, 0, 1, 2, 3]
+    g = torch.Generator().manual_seed(0)
+    p = torch.rand(3, 5, generator=g, dtype=torch.float64)
+    q = torch.rand(3, 5, generator=g, dtype=torch.float64)
+    p, q = p / p.sum(1, keepdim=True), q / q.sum(1, keepdim=True)
+    got = tree_emd(p, q, parents, rho=1.0)
+    for i in range(3):
+        ref = wasserstein_distance(range(5), range(5), p[i].numpy(), q[i].numpy())
+        assert got[i].item() == pytest.approx(ref, abs=1e-12)
+    # a small hierarchy: root 4 with children 5 (classes 0, 1) and 6 (classes 2, 3)
+    parents = [5, 5, 6, 6, -1, 4, 4]
+    lengths = torch.tensor([1.0, 1.0, 1.0, 1.0, 0.0, 2.0, 2.0], dtype=torch.float64)
+    D = np.array([[0, 2, 6, 6], [2, 0, 6, 6], [6, 6, 0, 2], [6, 6, 2, 0]], dtype=float)
+    pk = torch.zeros(3, 7, dtype=torch.float64)
+    qk = torch.zeros(3, 7, dtype=torch.float64)
+    pk[:, :4], qk[:, :4] = p[:, :4] / p[:, :4].sum(1, keepdim=True), q[:, :4] / q[:, :4].sum(1, keepdim=True)
+    got = tree_emd(pk, qk, parents, lengths, rho=1.0)
+    for i in range(3):
+        assert got[i].item() == pytest.approx(lp_emd(D, pk[i, :4].numpy(), qk[i, :4].numpy()), abs=1e-9)
+    # EMD^2 as a loss: its gradient conserves dirt (entries sum to zero) and it trains
+    logits = torch.randn(8, 4, dtype=torch.float64, requires_grad=True)
+    labels = torch.tensor([0, 1, 2, 3, 0, 1, 2, 3])
+    loss_fn = TreeEMDLoss(parents, lengths.tolist(), rho=2.0)
+    pk_leaf = logits.softmax(-1)
+    pk_full = torch.cat([pk_leaf, torch.zeros(8, 3, dtype=torch.float64)], 1).detach().requires_grad_(True)
+    q_full = torch.zeros(8, 7, dtype=torch.float64).scatter_(1, labels[:, None], 1.0)
+    grad_p, = torch.autograd.grad(tree_emd(pk_full, q_full, parents, lengths, 2.0).sum(), pk_full)
+    assert grad_p.sum(1).abs().max() < 1e-12
+    opt = torch.optim.SGD([logits], lr=1.0)
+    first = loss_fn(logits, labels).item()
+    for _ in range(50):
+        opt.zero_grad()
+        loss_fn(logits, labels).backward()
+        opt.step()
+    assert loss_fn(logits, labels).item() < 0.5 * first
+
+
+def test_class_tree_errors():
+    from fewshot.emd.hierarchy import ancestor_matrix
+    with pytest.raises(ConfigError, match="exactly one root"):
+        ancestor_matrix([-1, -1, 0])
+    with pytest.raises(ConfigError, match="cycle"):
+        ancestor_matrix([-1, 2, 1])
+    with pytest.raises(ConfigError, match="out of range"):
+        ancestor_matrix([-1, 7])

@@ -21,6 +21,7 @@ from ._problem import EMDInputError, EMDResult, check_problem
 from ._qpth import EMDSolverError, solve_qpth
 from ._sinkhorn import solve_sinkhorn
 from ._tree import solve_tree
+from .hierarchy import TreeEMDLoss, tree_emd
 
 SOLVERS = Registry("EMD solver")
 SOLVERS.register("exact")(solve_exact)
@@ -54,4 +55,4 @@ def solve(cost: torch.Tensor, a: torch.Tensor, b: torch.Tensor, solver: str = "e
 
 
 __all__ = ["solve", "solvers", "register_solver", "EMDResult", "EMDInputError", "EMDSolverError",
-           "SOLVERS"]
+           "SOLVERS", "TreeEMDLoss", "tree_emd"]
