@@ -62,6 +62,9 @@ class PretrainConfig:
     gamma: float = 0.2
     val_episodes: int = 200             # fixed 5-way 1-shot validation episodes per check
     val_every: int = 1                  # epochs between validations
+    class_tree: str = ""                # JSON {"nodes": [...], "parents": [...], "lengths": [...]}
+    emd_loss_weight: float = 0.0        # loss = CE + weight * EMD^rho on class_tree
+    emd_loss_rho: float = 2.0
 
 
 @dataclass

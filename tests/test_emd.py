@@ -332,3 +332,25 @@ def test_class_tree_errors():
         ancestor_matrix([-1, 2, 1])
     with pytest.raises(ConfigError, match="out of range"):
         ancestor_matrix([-1, 7])
+
+
+def test_load_class_tree_puts_classes_first(tmp_path):
+    import json
+    from fewshot.emd.hierarchy import load_class_tree, tree_emd
+    spec = {"nodes": ["root", "a", "b", "c1", "c2", "c3"], "parents": [-1, 0, 0, 1, 1, 2],
+            "lengths": [0, 1, 3, 1, 2, 1]}
+    path = tmp_path / "tree.json"
+    path.write_text(json.dumps(spec))
+    classes = ["c3", "c1", "c2"]
+    loss = load_class_tree(str(path), classes, rho=1.0)
+    logits = torch.randn(4, 3, dtype=torch.float64)
+    labels = torch.tensor([0, 1, 2, 1])
+    # reference on the file's own node order
+    probs = logits.softmax(-1)
+    where = [spec["nodes"].index(c) for c in classes]
+    p = torch.zeros(4, 6, dtype=torch.float64)
+    p[:, where] = probs
+    q = torch.zeros(4, 6, dtype=torch.float64)
+    q[torch.arange(4), torch.tensor(where)[labels]] = 1.0
+    ref = tree_emd(p, q, spec["parents"], torch.tensor(spec["lengths"], dtype=torch.float64), rho=1.0)
+    assert loss(logits, labels).item() == pytest.approx(ref.mean().item(), abs=1e-12)

@@ -81,3 +81,16 @@ def test_deepemd_trains_with_each_solver_by_one_key(folder_root, tmp_path, solve
                       "--result", result]) == 0
     got = json.load(open(result))
     assert got["solver"] == solver and got["eval_solver"] == solver and got["method"] == "deepemd"
+
+
+def test_pretrain_with_ce_plus_tree_emd_loss(folder_root, tmp_path, write_json):
+    classes = [f"train_class{c}" for c in range(6)]
+    tree = write_json("tree.json", {"nodes": ["root", "left", "right"] + classes,
+                                    "parents": [-1, 0, 0, 1, 1, 1, 2, 2, 2]})
+    out = str(tmp_path / "run")
+    assert train_main(_args(folder_root, out, "--stage", "pretrain", "model.method=protonet",
+                            f"pretrain.class_tree={tree}", "pretrain.emd_loss_weight=0.5")) == 0
+    assert os.path.isfile(os.path.join(out, "pretrain", "best.pt"))
+    bad = write_json("bad.json", {"nodes": ["root"], "parents": [-1]})
+    assert train_main(_args(folder_root, str(tmp_path / "r2"), "--stage", "pretrain",
+                            f"pretrain.class_tree={bad}", "pretrain.emd_loss_weight=0.5")) == 2

@@ -77,3 +77,32 @@ class TreeEMDLoss(nn.Module):
         p = torch.cat([logits.softmax(-1), p[:, C:]], dim=1)
         q = torch.zeros_like(p).scatter_(1, labels[:, None], 1.0)
         return tree_emd(p, q, self.parents, self.lengths, self.rho).mean()
+
+
+def load_class_tree(path: str, classes: Sequence[str], rho: float = 2.0) -> TreeEMDLoss:
+    """A TreeEMDLoss over ``classes`` from a JSON file ``{"nodes": [names], "parents":
+    [index of each node's parent, -1 for the root], "lengths": [edge length per node]
+    (optional, default 1)}``; every class must be a node."""
+    import json
+    import os
+
+    if not os.path.isfile(path):
+        raise ConfigError(f"pretrain.class_tree {path!r} does not exist")
+    try:
+        with open(path) as f:
+            spec = json.load(f)
+        nodes, parents = list(spec["nodes"]), [int(x) for x in spec["parents"]]
+        lengths = [float(x) for x in spec.get("lengths", [1.0] * len(nodes))]
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+        raise ConfigError(f"pretrain.class_tree {path!r}: expected JSON with 'nodes' and "
+                          f"'parents' lists ({e})") from None
+    if not len(nodes) == len(parents) == len(lengths):
+        raise ConfigError(f"pretrain.class_tree {path!r}: nodes, parents and lengths differ in length")
+    missing = [c for c in classes if c not in nodes]
+    if missing:
+        raise ConfigError(f"pretrain.class_tree {path!r}: classes {missing[:3]} are not nodes")
+    # put the classes first (in label order) and renumber the parents
+    order = [nodes.index(c) for c in classes] + [i for i, n in enumerate(nodes) if n not in set(classes)]
+    new_index = {old: new for new, old in enumerate(order)}
+    return TreeEMDLoss([new_index[parents[o]] if parents[o] >= 0 else -1 for o in order],
+                       [lengths[o] for o in order], rho=rho)

@@ -20,6 +20,7 @@ from tqdm import tqdm
 from ..config import Config, save_config
 from ..data import EpisodeSampler, ManifestSampler, build_dataset, build_transform
 from ..data.datasets import ImageDataset
+from ..emd.hierarchy import load_class_tree
 from ..errors import ConfigError, FewShotError
 from ..models import FewShotClassifier, create_model
 from .checkpoint import load_checkpoint, save_checkpoint
@@ -271,10 +272,18 @@ def pretrain(config: Config, resume: Optional[str] = None) -> str:
                                            num_workers=config.data.workers,
                                            pin_memory=device.type == "cuda")
 
+    emd_loss = None
+    if p.emd_loss_weight > 0:
+        if not p.class_tree:
+            raise ConfigError("pretrain.emd_loss_weight > 0 needs pretrain.class_tree (a JSON tree)")
+        emd_loss = load_class_tree(p.class_tree, train_set.classes, p.emd_loss_rho).to(device)
+
     def step_fn(batch):
         images, labels = batch[0].to(device, non_blocking=True), batch[1].to(device, non_blocking=True)
         logits = head(model.backbone(images))
         loss = F.cross_entropy(logits, labels)
+        if emd_loss is not None:
+            loss = loss + p.emd_loss_weight * emd_loss(logits.float(), labels)
         return loss, (logits.argmax(1) == labels).float().mean().item() * 100, len(labels)
 
     log(f"[pretrain] {len(train_set.classes)} classes, {len(train_set)} images, "
