@@ -32,5 +32,8 @@ test: install
 test-all: install
 	$(PY) -m pytest -q -m ""
 
+bench: install
+	$(PY) benchmarks/emd_layers.py --sizes 9 25 --pot
+
 clean-venv:
 	rm -rf $(VENV)
