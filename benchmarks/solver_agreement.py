@@ -20,8 +20,7 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from fewshot.config import Config, from_dict, merge, parse_override  # noqa: E402
-from fewshot.engine import build_model, episode_sampler, load_checkpoint  # noqa: E402
+from fewshot.engine import episode_sampler, load_trained  # noqa: E402
 from fewshot.engine.evaluate import encode_images  # noqa: E402
 from fewshot.engine.metrics import mean_confidence_interval  # noqa: E402
 from fewshot.models.deepemd import emd_logits  # noqa: E402
@@ -45,11 +44,7 @@ def main() -> int:
     parser.add_argument("--episodes", type=int, default=100)
     parser.add_argument("--json", default="")
     args = parser.parse_args()
-    state = load_checkpoint(args.checkpoint)
-    data = merge(state["config"], parse_override(f"data.root={args.data_root}"))
-    config: Config = from_dict(Config, data)
-    model = build_model(config)
-    model.load_state_dict(state["model"])
+    config, model = load_trained(args.checkpoint, [f"data.root={args.data_root}"], device="cpu")
     model.eval()
     sampler = episode_sampler(config, args.split, 0, 0, 0, 0, args.episodes_file)
     episodes = [sampler.indices(i) for i in range(min(args.episodes, len(sampler)))]

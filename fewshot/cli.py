@@ -11,7 +11,7 @@ import os
 import sys
 from typing import List, Optional
 
-from .config import Config, from_dict, load_config, merge, parse_override
+from .config import load_config
 from .errors import FewShotError
 
 DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
@@ -103,22 +103,15 @@ def _eval(argv: Optional[List[str]]) -> int:
     _common(parser)
     args = _parse(parser, argv)
     from .data import write_manifest
-    from .engine import build_model, episode_sampler, evaluate, format_result, load_checkpoint
+    from .engine import episode_sampler, evaluate, format_result, load_trained
     from .engine.checkpoint import atomic_write_text
-    from .engine.trainer import resolve_device
 
-    state = load_checkpoint(args.checkpoint)
     overrides = _flag_overrides(args, {
         "data_root": "data.root", "way": "episode.n_way", "shot": "episode.n_shot",
         "query": "eval.n_query", "device": "run.device", "episodes": "eval.episodes",
         "episodes_file": "eval.episodes_file", "split": "eval.split", "seed": "eval.seed"})
-    data = state["config"]
-    for item in overrides + args.overrides:
-        data = merge(data, parse_override(item))
-    config: Config = from_dict(Config, data, f"config of checkpoint {args.checkpoint!r}")
-    device = resolve_device(config.run.device)
-    model = build_model(config).to(device)
-    model.load_state_dict(state["model"])
+    config, model = load_trained(args.checkpoint, overrides + args.overrides)
+    device = next(model.parameters()).device
     e, ev = config.episode, config.eval
     sampler = episode_sampler(config, ev.split, e.n_way, e.n_shot, ev.n_query, ev.seed,
                               ev.episodes_file)

@@ -81,6 +81,21 @@ def build_model(config: Config) -> FewShotClassifier:
     return create_model(m.method, m.backbone, m.backbone_options, m.options)
 
 
+def load_trained(path: str, overrides=(), device: str = "") -> Tuple[Config, FewShotClassifier]:
+    """The config (with ``key=value`` overrides applied) and model of checkpoint ``path``,
+    the model on ``device`` (default: the config's run.device)."""
+    from ..config import from_dict, merge, parse_override
+
+    state = load_checkpoint(path)
+    data = state["config"]
+    for item in overrides:
+        data = merge(data, parse_override(item))
+    config: Config = from_dict(Config, data, f"config of checkpoint {path!r}")
+    model = build_model(config).to(resolve_device(device or config.run.device))
+    model.load_state_dict(state["model"])
+    return config, model
+
+
 def episode_sampler(config: Config, split: str, n_way: int, n_shot: int, n_query: int,
                     seed: int, episodes_file: str = ""):
     dataset = load_split(config, split, train=False)
