@@ -6,7 +6,7 @@ hard-codes a channel count. Created by name with :func:`create_backbone`.
 """
 from __future__ import annotations
 
-from typing import List
+from typing import List, Optional
 
 import torch
 import torch.nn as nn
@@ -38,14 +38,25 @@ class Backbone(nn.Module):
 
 @BACKBONES.register("conv4")
 class Conv4(Backbone):
-    """4 x [conv3x3-hidden, BN, ReLU, maxpool 2]: 64 x 5 x 5 at 84 x 84 (Snell et al. 2017)."""
+    """4 x [conv3x3-hidden, BN, ReLU, maxpool 2]: 64 x 5 x 5 at 84 x 84 (Snell et al. 2017).
 
-    def __init__(self, in_channels: int = 3, hidden: int = 64, num_blocks: int = 4):
+    ``pool_blocks`` (default: all) is how many of the blocks end with the 2 x 2 max-pool:
+    at 28 x 28 (Omniglot) 4 pools leave a single 1 x 1 patch, 3 pools a 3 x 3 patch map.
+    """
+
+    def __init__(self, in_channels: int = 3, hidden: int = 64, num_blocks: int = 4,
+                 pool_blocks: Optional[int] = None):
         super().__init__()
+        pool_blocks = num_blocks if pool_blocks is None else pool_blocks
+        if not 0 <= pool_blocks <= num_blocks:
+            raise ValueError(f"conv4: pool_blocks must be in [0, num_blocks={num_blocks}], "
+                             f"got {pool_blocks}")
         layers = []
         for i in range(num_blocks):
             layers += [nn.Conv2d(in_channels if i == 0 else hidden, hidden, 3, padding=1, bias=False),
-                       nn.BatchNorm2d(hidden), nn.ReLU(inplace=True), nn.MaxPool2d(2)]
+                       nn.BatchNorm2d(hidden), nn.ReLU(inplace=True)]
+            if i < pool_blocks:
+                layers.append(nn.MaxPool2d(2))
         self.encoder = nn.Sequential(*layers)
         self.num_channels = hidden
 

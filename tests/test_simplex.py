@@ -1,0 +1,75 @@
+"""The compiled batched simplex engine of ``exact`` against POT's network simplex and HiGHS."""
+import numpy as np
+import pytest
+import torch
+
+from fewshot.emd import solve
+from fewshot.emd import _exact, _simplex
+
+from emd_reference import cosine_problems, lp_emd
+
+
+def _degenerate_problems():
+    """Ties everywhere: integer costs, uniform and zero weights (many optimal plans/duals)."""
+    g = torch.Generator().manual_seed(5)
+    cost = torch.randint(0, 3, (64, 7, 6), generator=g).double()
+    a = torch.full((64, 7), 6.0, dtype=torch.float64)
+    b = torch.full((64, 6), 7.0, dtype=torch.float64)
+    a[::3, 0] = 0.0
+    b[1::3, 2] = 0.0
+    a = a * 42 / a.sum(1, keepdim=True)
+    b = b * 42 / b.sum(1, keepdim=True)
+    return cost, a, b
+
+
+@pytest.mark.parametrize("shape", [(375, 25, 25), (40, 9, 30), (20, 1, 7), (20, 7, 1), (4, 100, 100)])
+def test_simplex_engine_equals_pot(shape):
+    cost, a, b = cosine_problems(*shape, seed=sum(shape))
+    leaves = [t.clone().requires_grad_(True) for t in (cost, a, b)]
+    results = {}
+    for engine in ("simplex", "pot"):
+        c, x, y = [t.detach().clone().requires_grad_(True) for t in leaves]
+        r = solve(c, x, y, solver="exact", engine=engine)
+        r.value.sum().backward()
+        results[engine] = (r, c.grad, x.grad, y.grad)
+    (r, *grads), (ref, *ref_grads) = results["simplex"], results["pot"]
+    torch.testing.assert_close(r.value, ref.value, atol=1e-9, rtol=0)
+    # generic random problems have one optimal plan and (up to the shift) one dual optimum
+    torch.testing.assert_close(r.plan, ref.plan, atol=1e-9, rtol=0)
+    for got, want in zip(grads, ref_grads):
+        torch.testing.assert_close(got, want, atol=1e-8, rtol=0)
+
+
+def test_simplex_engine_on_degenerate_problems_is_optimal():
+    cost, a, b = _degenerate_problems()
+    r = solve(cost, a, b, solver="exact", engine="simplex")
+    f, g = r.potentials
+    for i in range(0, 64, 7):
+        assert r.value[i].item() == pytest.approx(lp_emd(cost[i].numpy(), a[i].numpy(),
+                                                         b[i].numpy()), abs=1e-9)
+    torch.testing.assert_close(r.plan.sum(2), a, atol=1e-12, rtol=0)
+    torch.testing.assert_close(r.plan.sum(1), b, atol=1e-12, rtol=0)
+    assert (r.plan >= 0).all()
+    # any optimal dual: feasible and tight on the plan's support (complementary slackness)
+    reduced = cost - f[:, :, None] - g[:, None, :]
+    assert reduced.min() > -1e-12
+    assert (reduced * r.plan).abs().max() < 1e-12
+
+
+def test_unfinished_problems_are_resolved_by_pot(monkeypatch):
+    cost, a, b = cosine_problems(12, 9, 9, seed=1)
+    args = [np.ascontiguousarray(t.numpy()) for t in (cost, a, b)]
+    plan, value, f, g, code, iters = _simplex.solve_batch(*args, 0, 1e-12)
+    assert (code == 0).any() and (iters == 0).all()     # no pivots allowed: not optimal yet
+    real = _simplex.solve_batch
+    monkeypatch.setattr(_simplex, "solve_batch", lambda c, x, y, m, t: real(c, x, y, 0, t))
+    plan, value, f, g = _exact._network_simplex(*args, 100_000, "simplex")
+    ref = _exact._network_simplex(*args, 100_000, "pot")
+    np.testing.assert_allclose(value, ref[1], atol=1e-12)
+    np.testing.assert_allclose(plan, ref[0], atol=1e-12)
+
+
+def test_unknown_engine_is_an_error():
+    cost, a, b = cosine_problems(1, 3, 3)
+    with pytest.raises(ValueError, match="engine"):
+        solve(cost, a, b, solver="exact", engine="lemon")
