@@ -1,13 +1,19 @@
 """Benchmark of the EMD layers against the exact LP, measured in one run.
 
 For each solver, node count and batch: forward ms, forward+backward ms (through
-``value``), value error relative to ``exact`` and the L1 distance of the plan to the
-exact plan (relative to the mass; 2 is the maximum), plus POT's ``ot.emd2`` called in a
-Python loop with its torch backend as an outside reference. Timings are medians of
-``--repeat`` runs and are reported next to ``exact`` as ratios taken in the same run.
+``value``), peak memory, value error relative to ``exact`` and the L1 distance of the
+plan to the exact plan (relative to the mass; 2 is the maximum). Entries:
+
+- a registered solver by name (``exact`` uses its default compiled simplex engine);
+- ``exact_pot``: the ``exact`` solver with ``engine=pot`` (POT's network simplex per problem);
+- ``pot_emd2_loop``: POT's ``ot.emd2`` called in a Python loop with its torch backend.
+
+Timings are medians of ``--repeat`` runs and are reported next to ``exact`` as ratios
+taken in the same run. Peak memory is the CUDA high-water mark of the row on a GPU
+and the process's resident high-water mark (monotone over the run) on the CPU.
 
     python benchmarks/emd_layers.py                      # quick table
-    python benchmarks/emd_layers.py --sizes 9 25 100 --batch 375 --solvers exact sinkhorn tree qpth
+    python benchmarks/emd_layers.py --sizes 9 25 100 --batch 375 20 --solvers exact sinkhorn tree qpth
 """
 from __future__ import annotations
 
@@ -15,6 +21,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import statistics
 import sys
 import time
@@ -52,52 +59,94 @@ def pot_loop(cost, a, b):
     return torch.stack(values)
 
 
+ENTRIES = {"exact_pot": ("exact", {"engine": "pot"})}
+
+
+def run_entry(name, cost, a, b, backward: bool):
+    if backward:
+        cost, a, b = (t.clone().requires_grad_(True) for t in (cost, a, b))
+    if name == "pot_emd2_loop":
+        value = pot_loop(cost, a, b)
+    else:
+        solver, options = ENTRIES.get(name, (name, {}))
+        value = solve(cost, a, b, solver=solver, **options).value
+    if backward:
+        value.sum().backward()
+    return value
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--solvers", nargs="+", default=["exact", "sinkhorn", "tree"])
+    parser.add_argument("--solvers", nargs="+", default=["exact", "exact_pot", "sinkhorn", "tree"])
     parser.add_argument("--sizes", nargs="+", type=int, default=[9, 25])
-    parser.add_argument("--batch", type=int, default=375)
+    parser.add_argument("--batch", nargs="+", type=int, default=[375],
+                        help="problems per call: 375 = 5-way 1-shot with 15 queries, 20 = one SFC step")
     parser.add_argument("--dtype", choices=["float32", "float64"], default="float64")
+    parser.add_argument("--device", default="cpu")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--pot", action="store_true", help="also time ot.emd2 in a loop (torch backend)")
     parser.add_argument("--json", default="benchmarks/emd_layers.json")
     args = parser.parse_args()
-    dtype = getattr(torch, args.dtype)
+    dtype, device = getattr(torch, args.dtype), torch.device(args.device)
     rows = []
+    entries = list(args.solvers) + (["pot_emd2_loop"] if args.pot else [])
     for n in args.sizes:
-        cost, a, b = problems(args.batch, n, dtype)
-        ref = solve(cost.double(), a.double(), b.double(), solver="exact")
-        base = {}
-        entries = list(args.solvers) + (["pot_emd2_loop"] if args.pot else [])
-        for name in entries:
-            def forward():
-                if name == "pot_emd2_loop":
-                    return pot_loop(cost, a, b)
-                return solve(cost, a, b, solver=name).value
+        for batch in args.batch:
+            cost, a, b = (t.to(device) for t in problems(batch, n, dtype))
+            ref = solve(cost.double(), a.double(), b.double(), solver="exact")
+            base = {}
+            for name in entries:
+                run_entry(name, cost, a, b, backward=True)     # warm-up (compilation, caches)
+                if device.type == "cuda":
+                    torch.cuda.reset_peak_memory_stats(device)
 
-            def both():
-                c = cost.clone().requires_grad_(True)
-                x, y = a.clone().requires_grad_(True), b.clone().requires_grad_(True)
-                value = pot_loop(c, x, y) if name == "pot_emd2_loop" else solve(c, x, y, solver=name).value
-                value.sum().backward()
+                def forward():
+                    run_entry(name, cost, a, b, backward=False)
+                    synchronize(device)
 
-            fwd, fwdbwd = timed(forward, args.repeat), timed(both, args.repeat)
-            row = {"solver": name, "nodes": n, "batch": args.batch, "dtype": args.dtype,
-                   "forward_ms": fwd, "forward_backward_ms": fwdbwd}
-            if name != "pot_emd2_loop":
-                r = solve(cost, a, b, solver=name)
-                row["value_rel_error"] = float(((r.value.double() - ref.value) / ref.value).abs().max())
-                row["plan_l1"] = float(((r.plan.double() - ref.plan).abs().sum((1, 2)) / n).mean())
-            if name == "exact":
-                base = row
-            row["fwdbwd_vs_exact"] = fwdbwd / base["forward_backward_ms"] if base else None
-            rows.append(row)
-            print(f"{name:>14} n={n:<4} B={args.batch:<4} {args.dtype}: fwd {fwd:9.1f} ms  "
-                  f"fwd+bwd {fwdbwd:9.1f} ms  x exact {row['fwdbwd_vs_exact'] or float('nan'):7.2f}  "
-                  f"value err {row.get('value_rel_error', float('nan')):.1e}  "
-                  f"plan L1 {row.get('plan_l1', float('nan')):.3f}", flush=True)
-    meta = {"machine": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
-            "torch": torch.__version__}
+                def both():
+                    run_entry(name, cost, a, b, backward=True)
+                    synchronize(device)
+
+                fwd, fwdbwd = timed(forward, args.repeat), timed(both, args.repeat)
+                row = {"solver": name, "nodes": n, "batch": batch, "dtype": args.dtype,
+                       "device": str(device), "forward_ms": fwd, "forward_backward_ms": fwdbwd,
+                       "peak_memory_mb": peak_memory_mb(device)}
+                if name != "pot_emd2_loop":
+                    solver, options = ENTRIES.get(name, (name, {}))
+                    r = solve(cost, a, b, solver=solver, **options)
+                    row["value_rel_error"] = float(((r.value.double() - ref.value) / ref.value).abs().max())
+                    row["plan_l1"] = float(((r.plan.double() - ref.plan).abs().sum((1, 2)) / n).mean())
+                if name == "exact":
+                    base = row
+                row["fwdbwd_vs_exact"] = fwdbwd / base["forward_backward_ms"] if base else None
+                rows.append(row)
+                print(f"{name:>14} n={n:<4} B={batch:<4} {args.dtype}: fwd {fwd:10.2f} ms  "
+                      f"fwd+bwd {fwdbwd:10.2f} ms  x exact {row['fwdbwd_vs_exact'] or float('nan'):9.2f}  "
+                      f"mem {row['peak_memory_mb']:7.0f} MB  "
+                      f"value err {row.get('value_rel_error', float('nan')):.1e}  "
+                      f"plan L1 {row.get('plan_l1', float('nan')):.3f}", flush=True)
+    try:
+        import numba
+        numba_threads = numba.get_num_threads()
+    except ImportError:
+        numba_threads = None
+    meta = {"machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(), "numba_threads": numba_threads,
+            "torch": torch.__version__, "device": str(device),
+            "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+            "command": " ".join(sys.argv)}
     os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
     with open(args.json, "w") as f:
         json.dump({"meta": meta, "rows": rows}, f, indent=1)

@@ -51,3 +51,14 @@ def check_directional_derivative(value_fn, cost, a, b, h: float, atol: float, rt
     analytic = (gc * dc).sum((1, 2)) + (ga * da).sum(1) + (gb * db).sum(1)
     torch.testing.assert_close(analytic, fd, atol=atol, rtol=rtol)
     return gc, ga, gb
+
+
+def solver_inputs(solver: str, cost: torch.Tensor, seed: int = 0) -> dict:
+    """Extra options a solver needs besides (cost, a, b): random node features for ``chain``."""
+    from fewshot import emd
+    if not emd.needs_points(solver):
+        return {}
+    g = torch.Generator().manual_seed(seed)
+    B, M, N = cost.shape
+    return dict(x=torch.randn(B, M, 8, generator=g, dtype=torch.float64).to(cost.dtype),
+                y=torch.randn(B, N, 8, generator=g, dtype=torch.float64).to(cost.dtype))

@@ -6,7 +6,7 @@ from fewshot import emd
 from fewshot.emd import EMDInputError, solve
 from fewshot.errors import ConfigError
 
-from emd_reference import check_directional_derivative, cosine_problems, lp_emd
+from emd_reference import check_directional_derivative, cosine_problems, lp_emd, solver_inputs
 
 
 def test_registry():
@@ -91,7 +91,7 @@ def test_qpth_gradient_flows_to_cost_and_weights():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_dtype_and_device_preserved(solver, dtype):
     cost, a, b = cosine_problems(2, 4, 5, dtype=dtype, seed=2)
-    r = solve(cost, a, b, solver=solver)
+    r = solve(cost, a, b, solver=solver, **solver_inputs(solver, cost))
     assert r.plan.dtype == dtype and r.value.dtype == dtype
     assert r.plan.device == cost.device and r.value.shape == (2,) and r.plan.shape == (2, 4, 5)
     assert r.solver == solver
@@ -188,7 +188,8 @@ def test_cvxpylayers_agrees_with_exact_and_its_own_finite_differences():
 # ----------------------------------------------------------------------------- solver matrix
 
 # Relative L1 marginal error each solver guarantees (sinkhorn: its stated tol, in float32 too).
-MARGINAL_TOL = {"exact": 1e-6, "qpth": 1e-4, "sinkhorn": 2e-3, "cvxpylayers": 1e-4, "tree": 1e-6}
+MARGINAL_TOL = {"exact": 1e-6, "qpth": 1e-4, "sinkhorn": 2e-3, "cvxpylayers": 1e-4, "tree": 1e-6,
+                "chain": 1e-6}
 # Problems some solvers cannot take in reasonable time or memory.
 SKIP = {("qpth", 100): "qpth's dense KKT system for 10^4 variables needs ~800 MB per problem"}
 HEAVY = {("sinkhorn", 100, 375), ("qpth", 25, 375), ("cvxpylayers", 25, 375), ("cvxpylayers", 100, 1),
@@ -211,7 +212,7 @@ def _matrix():
 def test_solver_matrix(solver, n, batch, dtype):
     cost, a, b = cosine_problems(batch, n, n, dtype=dtype, seed=n + batch)
     cost.requires_grad_(True), a.requires_grad_(True), b.requires_grad_(True)
-    r = solve(cost, a, b, solver=solver)
+    r = solve(cost, a, b, solver=solver, **solver_inputs(solver, cost))
     assert r.plan.shape == (batch, n, n) and r.value.shape == (batch,)
     assert r.plan.dtype == dtype and r.value.dtype == dtype and r.solver == solver
     mass = a.detach().sum(1)
@@ -279,6 +280,69 @@ def test_tree_sliced_average_of_random_trees():
     many = solve(cost, a, b, solver="tree", n_trees=4, seed=1)
     torch.testing.assert_close(many.plan.sum(2), a, atol=1e-9, rtol=0)
     assert not torch.equal(one.value, many.value)
+
+
+# ----------------------------------------------------------------------------- chain
+
+def _line_problems(B, M, N, seed):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(B, M, generator=g, dtype=torch.float64) * 4
+    y = torch.rand(B, N, generator=g, dtype=torch.float64) * 4
+    a = torch.rand(B, M, generator=g, dtype=torch.float64) + 0.1
+    b = torch.rand(B, N, generator=g, dtype=torch.float64) + 0.1
+    a, b = a * 3 / a.sum(1, keepdim=True), b * 3 / b.sum(1, keepdim=True)
+    return x, y, (x[:, :, None] - y[:, None, :]).abs(), a, b
+
+
+@pytest.mark.parametrize("shape", [(5, 9, 9), (4, 7, 12), (3, 1, 6)])
+def test_chain_equals_scipy_wasserstein_and_lp(shape):
+    from scipy.stats import wasserstein_distance
+    x, y, cost, a, b = _line_problems(*shape, seed=sum(shape))
+    r = solve(cost, a, b, solver="chain", x=x, y=y)
+    closed = emd.chain_emd(x, y, a, b, rho=1.0)
+    for i in range(shape[0]):
+        ref = 3 * wasserstein_distance(x[i].numpy(), y[i].numpy(), a[i].numpy(), b[i].numpy())
+        assert r.value[i].item() == pytest.approx(ref, abs=1e-12)
+        assert closed[i].item() == pytest.approx(ref, abs=1e-12)
+        assert r.value[i].item() == pytest.approx(lp_emd(cost[i].numpy(), a[i].numpy(), b[i].numpy()),
+                                                  abs=1e-9)
+    torch.testing.assert_close(r.plan.sum(2), a, atol=1e-12, rtol=0)
+    torch.testing.assert_close(r.plan.sum(1), b, atol=1e-12, rtol=0)
+
+
+def test_chain_gradients_and_dirt_conserving_relaxation():
+    x, y, cost, a, b = _line_problems(3, 6, 5, seed=2)
+    f = lambda c, p, q: solve(c, p, q, solver="chain", x=x, y=y).value  # noqa: E731
+    check_directional_derivative(f, cost, a, b, h=1e-7, atol=1e-6, rtol=1e-6)
+    for rho in (1.0, 2.0):
+        g = lambda c, p, q: emd.chain_emd(x, y, p, q, rho=rho) + 0 * c.sum((1, 2))  # noqa: E731
+        _, ga, gb = check_directional_derivative(g, cost, a, b, h=1e-7, atol=1e-6, rtol=1e-6, seed=3)
+        assert ga.sum(1).abs().max() < 1e-12 and gb.sum(1).abs().max() < 1e-12
+    # coordinates are differentiable in the closed form: d W1 / d x_i = a_i * sign(F_a - F_b) there
+    xs = x.clone().requires_grad_(True)
+    gx, = torch.autograd.grad(emd.chain_emd(xs, y, a, b).sum(), xs)
+    h = 1e-7
+    for i in range(6):
+        d = torch.zeros_like(x)
+        d[:, i] = h
+        fd = (emd.chain_emd(x + d, y, a, b) - emd.chain_emd(x - d, y, a, b)) / (2 * h)
+        torch.testing.assert_close(gx[:, i], fd, atol=1e-6, rtol=1e-6)
+
+
+def test_chain_sliced_over_projections_of_features():
+    cost, a, b = cosine_problems(4, 9, 9, seed=4)
+    pts = solver_inputs("chain", cost)
+    one = solve(cost, a, b, solver="chain", n_projections=1, **pts)
+    many = solve(cost, a, b, solver="chain", n_projections=32, **pts)
+    exact = solve(cost, a, b, solver="exact")
+    for r in (one, many):            # feasible plans, so upper bounds of the exact EMD
+        torch.testing.assert_close(r.plan.sum(2), a, atol=1e-12, rtol=0)
+        assert (r.value >= exact.value - 1e-12).all()
+    assert many.info["n_projections"] == 32
+    with pytest.raises(EMDInputError, match="chain solver needs node coordinates"):
+        solve(cost, a, b, solver="chain")
+    with pytest.raises(EMDInputError, match=r"x must be \[B, M\]"):
+        solve(cost, a, b, solver="chain", x=pts["x"][:, :3], y=pts["y"])
 
 
 # ----------------------------------------------------------------------------- class-tree loss

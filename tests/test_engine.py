@@ -69,7 +69,7 @@ def test_cli_errors_are_one_paragraph(tmp_path, capsys):
     assert "missing.pt" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("solver", ["exact", "sinkhorn", "qpth", "cvxpylayers"])
+@pytest.mark.parametrize("solver", ["exact", "sinkhorn", "qpth", "cvxpylayers", "tree", "chain"])
 def test_deepemd_trains_with_each_solver_by_one_key(folder_root, tmp_path, solver):
     out = str(tmp_path / solver)
     args = _args(folder_root, out, "--max-steps", "2", "model.method=deepemd", "data.image_size=32",

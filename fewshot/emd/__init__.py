@@ -6,7 +6,8 @@
 and ``b`` with the same total mass); the result carries ``plan`` [B, M, N],
 ``value`` [B] and, where the solver has them, ``potentials`` (f [B, M], g [B, N]).
 Solvers are registered by name (:func:`solvers`); each module states how its
-solver differentiates.
+solver differentiates. Solvers that work on node positions (``chain``) also take the
+nodes as options ``x`` [B, M, D] and ``y`` [B, N, D] (:func:`needs_points`).
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from typing import Callable, List
 import torch
 
 from ..registry import Registry
+from ._chain import chain_emd, monotone_plan, solve_chain
 from ._cvxpylayers import solve_cvxpylayers
 from ._exact import solve_exact
 from ._problem import EMDInputError, EMDResult, check_problem
@@ -29,11 +31,17 @@ SOLVERS.register("qpth")(solve_qpth)
 SOLVERS.register("sinkhorn")(solve_sinkhorn)
 SOLVERS.register("cvxpylayers")(solve_cvxpylayers)
 SOLVERS.register("tree")(solve_tree)
+SOLVERS.register("chain")(solve_chain)
 
 
 def solvers() -> List[str]:
     """Names of the registered solvers."""
     return SOLVERS.names()
+
+
+def needs_points(solver: str) -> bool:
+    """Whether ``solver`` needs the node positions ``x`` and ``y`` besides ``cost``."""
+    return bool(getattr(SOLVERS.get(solver), "needs_points", False))
 
 
 def register_solver(name: str) -> Callable:
@@ -55,4 +63,4 @@ def solve(cost: torch.Tensor, a: torch.Tensor, b: torch.Tensor, solver: str = "e
 
 
 __all__ = ["solve", "solvers", "register_solver", "EMDResult", "EMDInputError", "EMDSolverError",
-           "SOLVERS", "TreeEMDLoss", "tree_emd"]
+           "SOLVERS", "TreeEMDLoss", "tree_emd", "chain_emd", "monotone_plan", "needs_points"]

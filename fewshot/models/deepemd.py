@@ -67,8 +67,13 @@ def emd_logits(query: torch.Tensor, proto: torch.Tensor, solver: str = "exact",
     a = a * (M / a.sum(-1, keepdim=True))
     b = b * (M / b.sum(-1, keepdim=True))
     cost = node_cost(query, proto, metric, center)                  # [Q, W, M, N]
+    options = dict(solver_options or {})
+    if emd.needs_points(solver):                                    # e.g. chain: node features
+        x = query.transpose(1, 2)[:, None].expand(Q, W, M, -1).reshape(Q * W, M, -1)
+        y = proto.transpose(1, 2)[None].expand(Q, W, N, -1).reshape(Q * W, N, -1)
+        options.update(x=x, y=y)
     result = emd.solve(cost.reshape(Q * W, M, N), a.reshape(Q * W, M), b.reshape(Q * W, N),
-                       solver=solver, **(solver_options or {}))
+                       solver=solver, **options)
     return (temperature * (1 - result.value / M)).reshape(Q, W)
 
 
