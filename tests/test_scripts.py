@@ -1,0 +1,56 @@
+"""Scripts shipped beside the package: the WordNet class-tree builder."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from fewshot.emd.hierarchy import load_class_tree
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+DATA_NOUN = """  1 This software and database is being provided to you, the LICENSEE, by
+  2 Princeton University under the following license.
+00001740 03 n 01 entity 0 000 | that which is perceived
+00015388 03 n 01 animal 0 001 @ 00001740 n 0000 | a living organism
+00020000 03 n 01 canine 0 001 @ 00015388 n 0000 | a member of the dog family
+02084071 05 n 02 dog 0 domestic_dog 0 001 @ 00020000 n 0000 | a member of the genus Canis
+02110341 05 n 01 dalmatian 0 001 @ 02084071 n 0000 | a large breed
+02099601 05 n 02 golden_retriever 0 retriever 0 001 @ 02084071 n 0000 | an English breed
+01532829 05 n 01 house_finch 0 001 @ 00015388 n 0000 | small finch
+"""
+
+
+def test_wordnet_tree_merges_single_child_chains(tmp_path):
+    (tmp_path / "data.noun").write_text(DATA_NOUN)
+    (tmp_path / "train.csv").write_text("filename,label\na.jpg,n02110341\nb.jpg,n02099601\n"
+                                        "c.jpg,n01532829\nd.jpg,n02110341\n")
+    out = tmp_path / "tree.json"
+    subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "wordnet_tree.py"), "--wordnet",
+                    str(tmp_path), "--classes", str(tmp_path / "train.csv"), "--out", str(out)],
+                   check=True, capture_output=True)
+    tree = json.load(open(out))
+    assert tree["nodes"][:3] == ["n02110341", "n02099601", "n01532829"]
+    named = dict(zip(tree["nodes"], zip(tree["parents"], tree["lengths"])))
+    # dog -> canine -> animal: canine has one child and is merged into an edge of length 2
+    assert "n00020000" not in named and named["n02084071"][1] == 2.0
+    assert tree["nodes"][named["n02084071"][0]] == "n00015388"
+    assert named["n02110341"] == (tree["nodes"].index("n02084071"), 1.0)
+    assert tree["labels"][0] == "dalmatian"
+    loss = load_class_tree(str(out), ["n01532829", "n02099601", "n02110341"])
+    assert loss is not None
+    bad = tmp_path / "bad.txt"
+    bad.write_text("n99999999\n")
+    run = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "wordnet_tree.py"), "--wordnet",
+                          str(tmp_path), "--classes", str(bad), "--out", str(out)], capture_output=True, text=True)
+    assert run.returncode != 0 and "n99999999" in run.stderr
+
+
+@pytest.mark.parametrize("name", ["miniimagenet_wordnet.json"])
+def test_shipped_class_trees_load(name):
+    path = os.path.join(ROOT, "configs", "trees", name)
+    tree = json.load(open(path))
+    classes = tree["nodes"][:100]
+    load_class_tree(path, classes)
+    assert len(set(tree["nodes"])) == len(tree["nodes"]) and tree["parents"].count(-1) == 1
