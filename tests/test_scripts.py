@@ -54,3 +54,21 @@ def test_shipped_class_trees_load(name):
     classes = tree["nodes"][:100]
     load_class_tree(path, classes)
     assert len(set(tree["nodes"])) == len(tree["nodes"]) and tree["parents"].count(-1) == 1
+
+
+@pytest.mark.timeout(600)
+def test_gpu_recipe_smoke_on_cpu_with_two_processes(csv_root, tmp_path):
+    """scripts/reproduce_miniimagenet.sh in SMOKE mode: torchrun with 2 CPU processes (gloo),
+    one step of pretraining and of meta-training, then 1-shot and 5-shot evaluation."""
+    out = tmp_path / "run"
+    env = dict(os.environ, SMOKE="1", PYTHON=sys.executable, OMP_NUM_THREADS="1")
+    run = subprocess.run(["bash", os.path.join(ROOT, "scripts", "reproduce_miniimagenet.sh"), csv_root,
+                          str(out), "model.backbone_options.drop_rate=0.0"], cwd=ROOT, env=env,
+                         capture_output=True, text=True)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    for path in ("pretrain/best.pt", "meta/best.pt", "eval_test_1shot.json", "eval_test_5shot.json"):
+        assert (out / path).is_file(), path
+    shot5 = json.load(open(out / "eval_test_5shot.json"))
+    assert shot5["n_shot"] == 5 and shot5["episodes"] == 2 and shot5["solver"] == "exact"
+    times = (out / "times.txt").read_text()
+    assert "pretrain:" in times and "nproc 2" in times

@@ -23,11 +23,14 @@ from ..data.datasets import ImageDataset
 from ..emd.hierarchy import load_class_tree
 from ..errors import ConfigError, FewShotError
 from ..models import FewShotClassifier, create_model
+from . import _distributed as ddp
 from .checkpoint import load_checkpoint, save_checkpoint
 from .evaluate import evaluate, format_result
 
 
 def log(msg: str) -> None:
+    if not ddp.is_main():
+        return
     tqdm.write(msg)
 
 
@@ -157,19 +160,27 @@ def _run_epochs(stage: _Stage, epochs: int, steps_per_epoch: int,
     from torch.utils.tensorboard import SummaryWriter
 
     cfg = stage.config.run
-    writer = SummaryWriter(os.path.join(stage.folder, "tb"), purge_step=stage.step or None)
+    main = ddp.is_main()
+    writer = SummaryWriter(os.path.join(stage.folder, "tb"), purge_step=stage.step or None) if main else None
     last_path, best_path = os.path.join(stage.folder, "last.pt"), os.path.join(stage.folder, "best.pt")
     scaler = torch.amp.GradScaler("cuda", enabled=cfg.amp and stage.device.type == "cuda")
     total = epochs * steps_per_epoch
     if cfg.max_steps:
         total = min(total, cfg.max_steps)
-    bar = tqdm(total=total, initial=min(stage.step, total), desc=stage.name, disable=not cfg.progress,
-               dynamic_ncols=True)
+    bar = tqdm(total=total, initial=min(stage.step, total), desc=stage.name,
+               disable=not (cfg.progress and main), dynamic_ncols=True)
 
     validated_at = [-1]
 
+    def save(path: str) -> None:
+        if main:
+            save_checkpoint(path, stage.state())
+
     def check_val() -> None:
         validated_at[0] = stage.step
+        if not main:                      # the main process validates; the others wait for it
+            ddp.barrier()
+            return
         result = validate()
         writer.add_scalar("val/accuracy", result["accuracy"], stage.step)
         writer.add_scalar("val/ci95", result["ci95"], stage.step)
@@ -180,6 +191,7 @@ def _run_epochs(stage: _Stage, epochs: int, steps_per_epoch: int,
             + ("  (best)" if improved else ""))
         if improved or not os.path.exists(best_path):
             save_checkpoint(best_path, stage.state())
+        ddp.barrier()
 
     stopped = False
     while stage.epoch < epochs and not stopped:
@@ -206,7 +218,7 @@ def _run_epochs(stage: _Stage, epochs: int, steps_per_epoch: int,
             stage.step += 1
             bar.update(1)
             toc = time.perf_counter()
-            if stage.step % cfg.log_every == 0:
+            if stage.step % cfg.log_every == 0 and main:
                 writer.add_scalar("train/loss", loss.item(), stage.step)
                 writer.add_scalar("train/accuracy", acc, stage.step)
                 writer.add_scalar("train/lr", stage.optimizer.param_groups[0]["lr"], stage.step)
@@ -214,31 +226,34 @@ def _run_epochs(stage: _Stage, epochs: int, steps_per_epoch: int,
                 bar.set_postfix(loss=f"{loss.item():.3f}", acc=f"{acc:.1f}")
             tic = toc
             if stage.step % cfg.checkpoint_every == 0:
-                save_checkpoint(last_path, stage.state())
+                save(last_path)
         if stopped:
             break
         stage.epoch += 1
         stage.scheduler.step()
         if stage.epoch % max(1, val_every) == 0 or stage.epoch == epochs:
             check_val()
-        save_checkpoint(last_path, stage.state())
+        save(last_path)
     if stopped:
         log(f"[{stage.name}] stopped after --max-steps {cfg.max_steps}")
         if validated_at[0] != stage.step:
             check_val()
-        save_checkpoint(last_path, stage.state())
+        save(last_path)
     bar.close()
-    writer.close()
+    if main:
+        writer.close()
     log(f"[{stage.name}] done: best val {stage.best:.2f} %; checkpoints in {stage.folder}")
 
 
 def _prepare(config: Config, name: str) -> Tuple[str, torch.device]:
     folder = os.path.join(config.run.out, name)
-    os.makedirs(folder, exist_ok=True)
-    save_config(config, os.path.join(config.run.out, "config.yaml"))
-    save_config(config, os.path.join(folder, "config.yaml"))
+    device = ddp.setup(resolve_device(config.run.device))
+    if ddp.is_main():
+        os.makedirs(folder, exist_ok=True)
+        save_config(config, os.path.join(config.run.out, "config.yaml"))
+        save_config(config, os.path.join(folder, "config.yaml"))
     seed_everything(config.run.seed)
-    return folder, resolve_device(config.run.device)
+    return folder, device
 
 
 def _resume_path(folder: str, resume: Optional[str]) -> Optional[str]:
@@ -279,13 +294,22 @@ def pretrain(config: Config, resume: Optional[str] = None) -> str:
         raise ConfigError(f"pretrain.batch_size {p.batch_size} exceeds the {len(train_set)} "
                           f"training images")
 
+    rank, size = ddp.world()
+    if p.batch_size % size:
+        raise ConfigError(f"pretrain.batch_size {p.batch_size} is not divisible by the {size} processes")
+    net = ddp.wrap(_Classifier(model.backbone, head), device)
+    channels_last = config.run.channels_last and device.type == "cuda"
+    if channels_last:
+        net.to(memory_format=torch.channels_last)
+
     def batches(epoch: int, offset: int):
         g = torch.Generator().manual_seed(config.run.seed * 100_003 + epoch)
-        order = torch.randperm(len(train_set), generator=g)[offset * p.batch_size:].tolist()
+        order = torch.randperm(len(train_set), generator=g)[offset * p.batch_size:][rank::size].tolist()
         return torch.utils.data.DataLoader(torch.utils.data.Subset(train_set, order),
-                                           batch_size=p.batch_size, drop_last=True,
+                                           batch_size=p.batch_size // size, drop_last=True,
                                            num_workers=config.data.workers,
-                                           pin_memory=device.type == "cuda")
+                                           pin_memory=device.type == "cuda",
+                                           persistent_workers=False)
 
     emd_loss = None
     if p.emd_loss_weight > 0:
@@ -295,11 +319,13 @@ def pretrain(config: Config, resume: Optional[str] = None) -> str:
 
     def step_fn(batch):
         images, labels = batch[0].to(device, non_blocking=True), batch[1].to(device, non_blocking=True)
-        logits = head(model.backbone(images))
+        if channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        logits = net(images)
         loss = F.cross_entropy(logits, labels)
         if emd_loss is not None:
             loss = loss + p.emd_loss_weight * emd_loss(logits.float(), labels)
-        return loss, (logits.argmax(1) == labels).float().mean().item() * 100, len(labels)
+        return loss, (logits.argmax(1) == labels).float().mean().item() * 100, len(labels) * size
 
     log(f"[pretrain] {len(train_set.classes)} classes, {len(train_set)} images, "
         f"{steps_per_epoch} steps/epoch on {device}")
@@ -309,15 +335,42 @@ def pretrain(config: Config, resume: Optional[str] = None) -> str:
     return os.path.join(folder, "best.pt")
 
 
+class _Classifier(nn.Module):
+    """Backbone + linear head as one module (what DistributedDataParallel wraps in pretraining)."""
+
+    def __init__(self, backbone: nn.Module, head: nn.Module):
+        super().__init__()
+        self.backbone, self.head = backbone, head
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.head(self.backbone(images))
+
+
+class _Episodic(nn.Module):
+    """``model.episode_logits`` as ``forward`` (what DistributedDataParallel wraps in meta-training)."""
+
+    def __init__(self, model: FewShotClassifier):
+        super().__init__()
+        self.model = model
+
+    def forward(self, support: torch.Tensor, support_labels: torch.Tensor, query: torch.Tensor):
+        return self.model.episode_logits(support, support_labels, query)
+
+
 class _EpisodeRange(torch.utils.data.Dataset):
-    def __init__(self, sampler: EpisodeSampler, start: int, stop: int):
-        self.sampler, self.start, self.stop = sampler, start, stop
+    """Steps [first, stop) of one epoch whose episodes start at ``base``: step j of process
+    ``rank`` (of ``size``) is episode base + j * size + rank, so one process sees them all."""
+
+    def __init__(self, sampler: EpisodeSampler, base: int, first: int, stop: int, rank: int = 0,
+                 size: int = 1):
+        self.sampler, self.base, self.first, self.stop = sampler, base, first, stop
+        self.rank, self.size = rank, size
 
     def __len__(self) -> int:
-        return self.stop - self.start
+        return self.stop - self.first
 
     def __getitem__(self, k: int):
-        return self.sampler.episode(self.start + k)
+        return self.sampler.episode(self.base + (self.first + k) * self.size + self.rank)
 
 
 def _first(items):
@@ -354,22 +407,35 @@ def meta_train(config: Config, resume: Optional[str] = None) -> str:
     path = _resume_path(folder, resume)
     if path:
         stage.restore(path)
+    rank, size = ddp.world()
+    steps_per_epoch = m.episodes_per_epoch // size
+    if steps_per_epoch == 0:
+        raise ConfigError(f"meta.episodes_per_epoch {m.episodes_per_epoch} is below the {size} processes")
+    net = ddp.wrap(_Episodic(model), device)
+    channels_last = config.run.channels_last and device.type == "cuda"
+    if channels_last:
+        net.to(memory_format=torch.channels_last)
+
     def batches(epoch: int, offset: int):
-        start = epoch * m.episodes_per_epoch
         return torch.utils.data.DataLoader(
-            _EpisodeRange(sampler, start + offset, start + m.episodes_per_epoch), batch_size=1,
-            collate_fn=_first, num_workers=config.data.workers, pin_memory=device.type == "cuda")
+            _EpisodeRange(sampler, epoch * m.episodes_per_epoch, offset, steps_per_epoch, rank, size),
+            batch_size=1, collate_fn=_first, num_workers=config.data.workers,
+            pin_memory=device.type == "cuda")
 
     def step_fn(episode):
         ep = episode.to(device)
-        logits = model.episode_logits(ep.support_images, ep.support_labels, ep.query_images)
+        support, query = ep.support_images, ep.query_images
+        if channels_last:
+            support = support.contiguous(memory_format=torch.channels_last)
+            query = query.contiguous(memory_format=torch.channels_last)
+        logits = net(support, ep.support_labels, query)
         loss = F.cross_entropy(logits, ep.query_labels)
-        return loss, (logits.argmax(1) == ep.query_labels).float().mean().item() * 100, 1
+        return loss, (logits.argmax(1) == ep.query_labels).float().mean().item() * 100, size
 
     details = "".join(f", {k} {v}" for k, v in getattr(model, "describe", dict)().items())
     log(f"[meta] {e.n_way}-way {e.n_shot}-shot {e.n_query}-query, {config.model.method} / "
         f"{config.model.backbone}{details} on {device}")
     validate = _validator(config, model, device, m.val_episodes, e.n_way, e.n_shot)
-    _run_epochs(stage, m.epochs, m.episodes_per_epoch, batches, step_fn, validate, unit="episodes",
+    _run_epochs(stage, m.epochs, steps_per_epoch, batches, step_fn, validate, unit="episodes",
                 val_every=m.val_every)
     return os.path.join(folder, "best.pt")
