@@ -5,7 +5,12 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip --disable-pip-version-check -q
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test test-all bench clean-venv
+.PHONY: install demo test test-all bench bench-episodes recipe-mini-conv4 recipe-omniglot reproduce-mini clean-venv
+
+# Data roots and output folder of the recipes (override: make recipe-omniglot OMNIGLOT=/data/omniglot)
+MINI     ?= data/miniimagenet
+OMNIGLOT ?= data/omniglot
+RUNS     ?= runs
 
 install: $(STAMP)
 
@@ -33,7 +38,21 @@ test-all: install
 	$(PY) -m pytest -q -m ""
 
 bench: install
-	$(PY) benchmarks/emd_layers.py --sizes 9 25 --pot
+	$(PY) benchmarks/emd_layers.py --sizes 9 25 --batch 375 20 --pot
+
+bench-episodes: install
+	$(PY) benchmarks/episodes.py --backbone resnet12 --shots 1 5 --episodes 600
+
+# CPU-scale recipes (README "Results"); each step is skipped when its output exists.
+recipe-mini-conv4: install
+	bash scripts/recipe_miniimagenet_conv4.sh $(MINI) $(RUNS)/mini_conv4
+
+recipe-omniglot: install
+	bash scripts/recipe_omniglot.sh $(OMNIGLOT) $(RUNS)/omniglot
+
+# The paper's full recipe on CUDA GPUs (torchrun, one process per GPU).
+reproduce-mini: install
+	bash scripts/reproduce_miniimagenet.sh $(MINI) $(RUNS)/reproduce_mini
 
 clean-venv:
 	rm -rf $(VENV)

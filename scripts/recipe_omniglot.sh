@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# CPU-scale Omniglot recipe (Conv-4, 28 x 28, classes split by alphabet: the last 5 background
+# alphabets are the val classes): meta-train ProtoNet and DeepEMD-FCN (20-way 1-shot episodes),
+# then evaluate both on the same fixed 5-way 1-shot and 20-way 1-shot val episodes (unrotated
+# characters). Steps whose output exists are skipped; results, logs and TensorBoard scalars land in OUT.
+#   bash scripts/recipe_omniglot.sh PATH/omniglot OUT
+# Env: EPISODES (default 1000), PYTHON (default .venv/bin/python).
+set -euo pipefail
+D=${1:?usage: $0 DATA_ROOT OUT}
+R=${2:?usage: $0 DATA_ROOT OUT}
+PY=${PYTHON:-.venv/bin/python}
+E=${EPISODES:-1000}
+mkdir -p "$R"
+step() {  # step OUTPUT LOG command...: run unless OUTPUT exists; append timing to OUT/times.txt
+  local out=$1 logf=$2; shift 2
+  if [ -e "$out" ]; then echo "skip: $out exists"; return; fi
+  echo "run: $*"
+  local t0=$SECONDS
+  "$@" run.progress=false >>"$R/$logf" 2>&1
+  echo "$((SECONDS - t0)) s: $*" | tee -a "$R/times.txt"
+}
+for method in protonet deepemd; do
+  step "$R/$method/meta/best.pt" "train_$method.log" \
+    $PY train.py --config "configs/omniglot_$method.yaml" --data-root "$D" --out "$R/$method"
+done
+for way in 5 20; do
+  step "$R/val_${way}way1shot_$E.json" eval.log \
+    $PY eval.py --checkpoint "$R/protonet/meta/best.pt" --split val --way $way --shot 1 --episodes "$E" \
+    --write-episodes "$R/val_${way}way1shot_$E.json" --result "$R/protonet_val_${way}way1shot.json" \
+    data.options.rotations=false
+  step "$R/deepemd_val_${way}way1shot.json" eval.log \
+    $PY eval.py --checkpoint "$R/deepemd/meta/best.pt" --split val --episodes-file "$R/val_${way}way1shot_$E.json" \
+    --result "$R/deepemd_val_${way}way1shot.json" data.options.rotations=false
+done
+grep -h "accuracy" "$R/eval.log" | tail -n 4
