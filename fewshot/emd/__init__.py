@@ -19,6 +19,7 @@ from ..registry import Registry
 from ._chain import chain_emd, monotone_plan, solve_chain
 from ._cvxpylayers import solve_cvxpylayers
 from ._exact import solve_exact
+from ._learned import MatchingTransformer, learned_emd, solve_learned
 from ._problem import EMDInputError, EMDResult, check_problem
 from ._qpth import EMDSolverError, solve_qpth
 from ._sinkhorn import solve_sinkhorn
@@ -32,6 +33,7 @@ SOLVERS.register("sinkhorn")(solve_sinkhorn)
 SOLVERS.register("cvxpylayers")(solve_cvxpylayers)
 SOLVERS.register("tree")(solve_tree)
 SOLVERS.register("chain")(solve_chain)
+SOLVERS.register("learned")(solve_learned)
 
 
 def solvers() -> List[str]:
@@ -63,4 +65,5 @@ def solve(cost: torch.Tensor, a: torch.Tensor, b: torch.Tensor, solver: str = "e
 
 
 __all__ = ["solve", "solvers", "register_solver", "EMDResult", "EMDInputError", "EMDSolverError",
-           "SOLVERS", "TreeEMDLoss", "tree_emd", "chain_emd", "monotone_plan", "needs_points"]
+           "SOLVERS", "TreeEMDLoss", "tree_emd", "chain_emd", "monotone_plan", "needs_points",
+           "MatchingTransformer", "learned_emd"]

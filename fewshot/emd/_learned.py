@@ -1,0 +1,235 @@
+"""``learned``: a transformer that predicts the EMD plan in one forward pass.
+
+After "DeepEMD: A Transformer-based Fast Estimation of the Earth Mover's Distance"
+(arXiv 2311.09998): a single-head attention matrix between the two node sets is read
+as the matching. Here every node is a token built from what the EMD problem itself
+carries, so the layer works behind ``solve(cost, a, b)`` for any M and N:
+
+    token of node i of the first set = [M a_i / mass, min_j cost_ij, mean_j cost_ij,
+                                        std_j cost_ij]   (and likewise per column)
+
+Self- and cross-attention layers whose cross-attention logits are biased by
+-cost / tau (a learned tau) let each node see its candidates; the final single-head
+attention logits L_ij = <q_i, k_j> / sqrt(d) - cost_ij / tau are projected onto the
+transport polytope by ``n_sinkhorn`` log-domain Sinkhorn normalisations followed by the
+rounding step of Altschuler et al. (2017) (scale down rows and columns that exceed
+their marginal, then add the outer product of the residuals), so the plan has the
+marginals a and b exactly (to rounding), and value = <plan, cost>. On raw point sets, :func:`learned_emd` builds the Euclidean
+cost first.
+
+Training (``scripts/train_learned_emd.py``): cross-entropy between the exact plans of
+the ``exact`` solver (rows normalised) and the predicted plans, on generated point
+clouds and on DeepEMD patch features of a trained backbone. The checkpoint is small
+and loaded once per path.
+
+Differentiation: autograd through the network and the unrolled Sinkhorn projection
+(d value / d cost includes the plan and the network's dependence on the cost).
+"""
+from __future__ import annotations
+
+import math
+import os
+from typing import Dict, Optional
+
+import torch
+import torch.nn as nn
+
+from ..errors import ConfigError
+from ._problem import EMDResult
+
+TOKEN_FEATURES = 4
+
+
+def node_tokens(cost: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+    """Per-row tokens [B, M, 4] of cost [B, M, N] with weights a [B, M] (see the module docstring)."""
+    mass = a.sum(-1, keepdim=True)
+    return torch.stack([a * a.shape[-1] / mass, cost.min(-1).values, cost.mean(-1),
+                        cost.std(-1, unbiased=False) if cost.shape[-1] > 1 else torch.zeros_like(a)], -1)
+
+
+class _Block(nn.Module):
+    def __init__(self, dim: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.norm_self, self.norm_cross, self.norm_mlp = nn.LayerNorm(dim), nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.norm_other = nn.LayerNorm(dim)
+        self.self_attn = nn.MultiheadAttention(dim, heads, batch_first=True)
+        self.cross_attn = nn.MultiheadAttention(dim, heads, batch_first=True)
+        self.mlp = nn.Sequential(nn.Linear(dim, 2 * dim), nn.GELU(), nn.Linear(2 * dim, dim))
+
+    def forward(self, x, other, bias):
+        h = self.norm_self(x)
+        x = x + self.self_attn(h, h, h, need_weights=False)[0]
+        h = self.norm_cross(x)
+        mask = bias.repeat_interleave(self.heads, 0)        # [B * heads, M, N] additive bias
+        o = self.norm_other(other)
+        x = x + self.cross_attn(h, o, o, attn_mask=mask, need_weights=False)[0]
+        return x + self.mlp(self.norm_mlp(x))
+
+
+class MatchingTransformer(nn.Module):
+    """Predicts plan logits [B, M, N] from cost [B, M, N] and weights a [B, M], b [B, N]."""
+
+    def __init__(self, dim: int = 64, layers: int = 2, heads: int = 4):
+        super().__init__()
+        self.config = {"dim": dim, "layers": layers, "heads": heads}
+        self.embed_x = nn.Linear(TOKEN_FEATURES, dim)
+        self.embed_y = nn.Linear(TOKEN_FEATURES, dim)
+        self.blocks_x = nn.ModuleList(_Block(dim, heads) for _ in range(layers))
+        self.blocks_y = nn.ModuleList(_Block(dim, heads) for _ in range(layers))
+        self.query, self.key = nn.Linear(dim, dim), nn.Linear(dim, dim)
+        self.log_tau = nn.Parameter(torch.tensor(math.log(0.05)))
+
+    def forward(self, cost: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        scale = cost.detach().abs().amax((1, 2), keepdim=True).clamp_min(1e-12)
+        c = cost / scale                                     # scale-free: EMD is homogeneous in cost
+        x = self.embed_x(node_tokens(c, a))
+        y = self.embed_y(node_tokens(c.transpose(1, 2), b))
+        tau = self.log_tau.exp()
+        bias = -c / tau
+        for bx, by in zip(self.blocks_x, self.blocks_y):
+            x, y = bx(x, y, bias), by(y, x, bias.transpose(1, 2))
+        logits = self.query(x) @ self.key(y).transpose(1, 2) / math.sqrt(x.shape[-1])
+        return logits - c / tau
+
+
+def project(logits: torch.Tensor, a: torch.Tensor, b: torch.Tensor, n_iter: int,
+            log: bool = False) -> torch.Tensor:
+    """Log-domain Sinkhorn normalisation of exp(logits) [B, M, N] to row sums a and column sums b
+    (the log of the plan with ``log``)."""
+    log_a, log_b = a.clamp_min(1e-30).log(), b.clamp_min(1e-30).log()
+    f = torch.zeros_like(a)
+    g = torch.zeros_like(b)
+    for _ in range(n_iter):
+        f = log_a - torch.logsumexp(logits + g[:, None, :], -1)
+        g = log_b - torch.logsumexp(logits + f[:, :, None], -2)
+    log_plan = logits + f[:, :, None] + g[:, None, :]
+    return log_plan if log else log_plan.exp()
+
+
+def round_to_polytope(plan: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """The nearby feasible plan [B, M, N] with row sums a and column sums b (Altschuler et al. 2017)."""
+    plan = plan * (a / plan.sum(2).clamp_min(1e-30)).clamp(max=1)[:, :, None]
+    plan = plan * (b / plan.sum(1).clamp_min(1e-30)).clamp(max=1)[:, None, :]
+    err_a, err_b = (a - plan.sum(2)).clamp_min(0), (b - plan.sum(1)).clamp_min(0)
+    missing = err_a.sum(1)                                # = err_b.sum(1) up to rounding
+    tiny = torch.finfo(plan.dtype).eps * a.sum(1)
+    scale = torch.where(missing > tiny, 1 / missing.clamp_min(1e-30), torch.zeros_like(missing))
+    return plan + err_a[:, :, None] * err_b[:, None, :] * scale[:, None, None]
+
+
+_LOADED: Dict[tuple, MatchingTransformer] = {}
+
+
+def save_model(model: MatchingTransformer, path: str, info: Optional[dict] = None) -> None:
+    from ..engine.checkpoint import save_checkpoint
+    save_checkpoint(path, {"config": model.config, "model": model.state_dict(), "info": info or {}})
+
+
+def load_model(path: str, device: torch.device, dtype: torch.dtype) -> MatchingTransformer:
+    """The MatchingTransformer of checkpoint ``path`` (cached per path, device and dtype)."""
+    key = (os.path.abspath(path), os.path.getmtime(path) if os.path.exists(path) else 0, str(device), dtype)
+    if key not in _LOADED:
+        if not os.path.isfile(path):
+            raise ConfigError(f"learned EMD solver: checkpoint {path!r} does not exist "
+                              f"(train one with scripts/train_learned_emd.py)")
+        from ..engine.checkpoint import load_checkpoint
+        state = load_checkpoint(path)
+        if "config" not in state or "model" not in state:
+            raise ConfigError(f"learned EMD solver: {path!r} is not a learned-EMD checkpoint")
+        model = MatchingTransformer(**state["config"])
+        model.load_state_dict(state["model"])
+        _LOADED[key] = model.to(device=device, dtype=dtype).eval()
+    return _LOADED[key]
+
+
+def solve_learned(cost: torch.Tensor, a: torch.Tensor, b: torch.Tensor, checkpoint: str = "",
+                  model: Optional[MatchingTransformer] = None, n_sinkhorn: int = 30) -> EMDResult:
+    """Learned EMD of cost [B, M, N], a [B, M], b [B, N] from the transformer at ``checkpoint``
+    (or an in-memory ``model``); see the module docstring."""
+    if model is None:
+        if not checkpoint:
+            raise ConfigError("learned EMD solver: set solver_options.checkpoint to a trained model")
+        model = load_model(checkpoint, cost.device, cost.dtype)
+    plan = round_to_polytope(project(model(cost, a, b), a, b, n_sinkhorn), a, b)
+    marginal = ((plan.sum(2) - a).abs().sum(1) + (plan.sum(1) - b).abs().sum(1)) / a.sum(1)
+    return EMDResult(plan=plan, value=(plan * cost).sum((1, 2)), solver="learned",
+                     info={"marginal_error": marginal.detach(), "n_sinkhorn": n_sinkhorn})
+
+
+def learned_emd(x: torch.Tensor, y: torch.Tensor, a: Optional[torch.Tensor] = None,
+                b: Optional[torch.Tensor] = None, **options) -> EMDResult:
+    """Learned EMD between point sets x [B, M, D] and y [B, N, D] (uniform weights by default)
+    under the Euclidean cost; a fast, differentiable estimate for use as a loss."""
+    B, M, N = x.shape[0], x.shape[1], y.shape[1]
+    if a is None:
+        a = torch.full((B, M), 1.0 / M, device=x.device, dtype=x.dtype)
+    if b is None:
+        b = torch.full((B, N), 1.0 / N, device=x.device, dtype=x.dtype) * (a.sum(1, keepdim=True))
+    return solve_learned(torch.cdist(x, y), a, b, **options)
+
+
+# ----------------------------------------------------------------------------- training
+
+def random_problems(batch: int, n: int, generator: torch.Generator, kind: str = "mixed",
+                    dtype: torch.dtype = torch.float32):
+    """Training/test problems (cost [B, n, n], a, b): ``points`` (Euclidean cost of 2-D/3-D
+    Gaussian clouds, one shifted and scaled), ``cosine`` (1 - cos of 64-d vectors, DeepEMD-like)
+    or ``mixed`` (half each). Weights are random and positive with mass n."""
+    def cloud_cost(B):
+        d = 2 + int(torch.randint(0, 2, (1,), generator=generator))
+        x = torch.randn(B, n, d, generator=generator)
+        y = torch.randn(B, n, d, generator=generator) * (0.5 + torch.rand(B, 1, 1, generator=generator)) \
+            + torch.randn(B, 1, d, generator=generator)
+        return torch.cdist(x, y)
+
+    def cosine_cost(B):
+        x = torch.nn.functional.normalize(torch.randn(B, n, 64, generator=generator), dim=-1)
+        y = torch.nn.functional.normalize(torch.randn(B, n, 64, generator=generator)
+                                          + 0.5 * x[torch.randperm(B, generator=generator)], dim=-1)
+        return 1 - x @ y.transpose(1, 2)
+
+    if kind == "points":
+        cost = cloud_cost(batch)
+    elif kind == "cosine":
+        cost = cosine_cost(batch)
+    elif kind == "mixed":
+        cost = torch.cat([cloud_cost(batch // 2), cosine_cost(batch - batch // 2)])
+    else:
+        raise ValueError(f"kind must be points, cosine or mixed, got {kind!r}")
+    a = torch.rand(batch, n, generator=generator, dtype=torch.float64) + 0.1
+    b = torch.rand(batch, n, generator=generator, dtype=torch.float64) + 0.1
+    a, b = a * n / a.sum(1, keepdim=True), b * n / b.sum(1, keepdim=True)
+    return cost.to(dtype), a.to(dtype), b.to(dtype)
+
+
+def plan_loss(model: MatchingTransformer, cost, a, b, target_plan, n_sinkhorn: int = 30) -> torch.Tensor:
+    """Cross-entropy of the predicted rows against the exact plan's rows (each row normalised)."""
+    log_plan = project(model(cost, a, b), a, b, n_sinkhorn, log=True)
+    log_rows = log_plan - a.clamp_min(1e-30).log()[:, :, None]
+    return -(target_plan * log_rows).sum((1, 2)).div(a.sum(1)).mean()
+
+
+def train_matcher(model: MatchingTransformer, steps: int, batch: int, n: int, seed: int = 0,
+                  lr: float = 1e-3, kind: str = "mixed", problems=None, log_every: int = 0) -> list:
+    """Fit ``model`` to exact plans of generated problems (``problems(batch, generator)`` may
+    supply others, e.g. DeepEMD patch costs). Returns the loss history."""
+    from . import solve
+    g = torch.Generator().manual_seed(seed)
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
+    history = []
+    model.train()
+    for step in range(steps):
+        cost, a, b = problems(batch, g) if problems else random_problems(batch, n, g, kind)
+        target = solve(cost.double(), a.double(), b.double(), solver="exact").plan.to(cost.dtype)
+        loss = plan_loss(model, cost, a, b, target)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+        history.append(loss.item())
+        if log_every and (step + 1) % log_every == 0:
+            print(f"step {step + 1}: loss {sum(history[-log_every:]) / log_every:.4f}", flush=True)
+    model.eval()
+    return history

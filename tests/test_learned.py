@@ -1,0 +1,66 @@
+"""The learned (transformer) EMD estimator: feasibility, gradients, and that it learns."""
+import pytest
+import torch
+
+from fewshot.emd import MatchingTransformer, learned_emd, solve
+from fewshot.emd._learned import load_model, random_problems, save_model, train_matcher
+from fewshot.errors import ConfigError
+
+
+def test_plan_is_feasible_and_gradients_are_finite():
+    g = torch.Generator().manual_seed(0)
+    cost, a, b = random_problems(6, 9, g, dtype=torch.float64)
+    torch.manual_seed(0)
+    model = MatchingTransformer(dim=16, layers=1).double()
+    cost.requires_grad_(True), a.requires_grad_(True), b.requires_grad_(True)
+    r = solve(cost, a, b, solver="learned", model=model)
+    torch.testing.assert_close(r.plan.sum(2), a, atol=1e-12, rtol=0)
+    torch.testing.assert_close(r.plan.sum(1), b, atol=1e-12, rtol=0)
+    assert (r.plan >= 0).all() and r.info["marginal_error"].max() < 1e-12
+    grads = torch.autograd.grad(r.value.sum(), (cost, a, b))
+    assert all(torch.isfinite(t).all() for t in grads)
+    # different set sizes (M != N, larger than any training size) go through the same model
+    cost2, a2, b2 = random_problems(2, 40, g, dtype=torch.float64)
+    r2 = solve(cost2[:, :, :17], a2, b2[:, :17] * 40 / b2[:, :17].sum(1, keepdim=True), solver="learned",
+               model=model)
+    assert r2.plan.shape == (2, 40, 17)
+
+
+def test_short_training_beats_random_matching_by_far(tmp_path):
+    torch.manual_seed(0)
+    model = MatchingTransformer(dim=32, layers=1)
+    history = train_matcher(model, steps=120, batch=32, n=10, seed=0, lr=2e-3)
+    assert history[-1] < history[0]
+    g = torch.Generator().manual_seed(123)                # held-out problems
+    cost, a, b = random_problems(200, 10, g)
+    exact = solve(cost.double(), a.double(), b.double()).value
+    with torch.no_grad():
+        learned = solve(cost, a, b, solver="learned", model=model).value.double()
+    perm = torch.stack([torch.randperm(10, generator=g) for _ in range(200)])     # random matchings
+    random_plan = torch.zeros_like(cost).scatter_(2, perm[:, :, None], 1.0)
+    random_plan = random_plan * a[:, :, None]                                      # feasible for rows only
+    from fewshot.emd._learned import round_to_polytope
+    random_value = (round_to_polytope(random_plan, a, b) * cost).sum((1, 2)).double()
+    err_learned = ((learned - exact) / exact).abs().mean()
+    err_random = ((random_value - exact) / exact).abs().mean()
+    assert err_learned < 0.25 * err_random, (err_learned, err_random)
+    assert torch.corrcoef(torch.stack([learned, exact]))[0, 1] > 0.95
+    # the checkpoint round trip used by the solver option
+    path = str(tmp_path / "learned.pt")
+    save_model(model, path, {"steps": 120})
+    loaded = load_model(path, torch.device("cpu"), torch.float32)
+    with torch.no_grad():
+        again = solve(cost, a, b, solver="learned", checkpoint=path).value.double()
+    torch.testing.assert_close(again, learned)
+    assert loaded.config == model.config
+    x, y = torch.randn(3, 10, 2), torch.randn(3, 14, 2)
+    assert learned_emd(x, y, checkpoint=path).value.shape == (3,)
+
+
+def test_learned_solver_errors():
+    g = torch.Generator().manual_seed(0)
+    cost, a, b = random_problems(2, 5, g)
+    with pytest.raises(ConfigError, match="solver_options.checkpoint"):
+        solve(cost, a, b, solver="learned")
+    with pytest.raises(ConfigError, match="does not exist"):
+        solve(cost, a, b, solver="learned", checkpoint="/nonexistent/learned.pt")
