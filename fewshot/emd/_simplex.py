@@ -16,15 +16,25 @@ by the primal simplex method on the spanning-tree basis of the bipartite graph
 4. pivot: the entering cell closes one cycle in the tree; the flow moves
    around it and the first blocking cell leaves.
 
-Every problem runs in one compiled call with no Python in the loop; problems are
-spread over all cores with ``numba.prange``. A problem that does not reach the
+Every problem runs in one compiled call with no Python in the loop; batches of at
+least ``PARALLEL_MIN_BATCH`` problems are spread over all cores with ``numba.prange``
+(``NUMBA_NUM_THREADS``; numba's work-queue threading layer unless
+``NUMBA_THREADING_LAYER`` says otherwise). A problem that does not reach the
 optimum in ``max_iter`` pivots reports code 0 and the caller re-solves it with
 POT's network simplex. ``code`` is 1 on success, as in POT.
 """
 from __future__ import annotations
 
+import os
+
 import numpy as np
+import numba
 from numba import njit, prange
+
+# numba's OpenMP layer keeps its threads spinning after a parallel region, which starves
+# torch's own threads between EMD calls; the work-queue layer does not.
+if "NUMBA_THREADING_LAYER" not in os.environ:
+    numba.config.THREADING_LAYER = "workqueue"
 
 
 @njit(cache=True, nogil=True)
@@ -241,23 +251,44 @@ def _solve_one(cost, a, b, plan, u, v, max_iter, tol):  # pragma: no cover (comp
     return code, it
 
 
-@njit(cache=True, parallel=True)
-def solve_batch(cost, a, b, max_iter, tol):  # pragma: no cover (compiled)
-    """Solve every problem of cost [B, M, N], a [B, M], b [B, N] (float64, equal masses).
-
-    Returns plan [B, M, N], value [B], f [B, M], g [B, N] (a dual optimum with
-    f_0 = 0), code [B] (1 = optimal) and the pivot count [B].
-    """
+@njit(cache=True, nogil=True)
+def _outputs(cost):  # pragma: no cover (compiled)
     B, M, N = cost.shape
-    plan = np.empty((B, M, N))
-    f = np.empty((B, M))
-    g = np.empty((B, N))
-    value = np.empty(B)
-    code = np.empty(B, np.int64)
-    iters = np.empty(B, np.int64)
-    for t in prange(B):
-        c, n = _solve_one(cost[t], a[t], b[t], plan[t], f[t], g[t], max_iter, tol)
-        code[t] = c
-        iters[t] = n
-        value[t] = np.sum(cost[t] * plan[t])
-    return plan, value, f, g, code, iters
+    return (np.empty((B, M, N)), np.empty(B), np.empty((B, M)), np.empty((B, N)),
+            np.empty(B, np.int64), np.empty(B, np.int64))
+
+
+@njit(cache=True, nogil=True)
+def _solve_into(t, cost, a, b, max_iter, tol, plan, value, f, g, code, iters):  # pragma: no cover
+    code[t], iters[t] = _solve_one(cost[t], a[t], b[t], plan[t], f[t], g[t], max_iter, tol)
+    value[t] = np.sum(cost[t] * plan[t])
+
+
+@njit(cache=True, parallel=True)
+def _solve_parallel(cost, a, b, max_iter, tol):  # pragma: no cover (compiled)
+    out = _outputs(cost)
+    for t in prange(cost.shape[0]):
+        _solve_into(t, cost, a, b, max_iter, tol, *out)
+    return out
+
+
+@njit(cache=True)
+def _solve_serial(cost, a, b, max_iter, tol):  # pragma: no cover (compiled)
+    out = _outputs(cost)
+    for t in range(cost.shape[0]):
+        _solve_into(t, cost, a, b, max_iter, tol, *out)
+    return out
+
+
+PARALLEL_MIN_BATCH = 64      # below this, thread start-up costs more than it saves
+
+
+def solve_batch(cost, a, b, max_iter, tol):
+    """Solve cost [B, M, N], a [B, M], b [B, N] (float64, equal masses); in parallel over the
+    problems when B >= PARALLEL_MIN_BATCH.
+
+    Returns plan [B, M, N], value [B], f [B, M], g [B, N] (a dual optimum with f_0 = 0),
+    code [B] (1 = optimal) and the pivot count [B].
+    """
+    return (_solve_parallel if cost.shape[0] >= PARALLEL_MIN_BATCH else _solve_serial)(
+        cost, a, b, max_iter, tol)
