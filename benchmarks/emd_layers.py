@@ -18,9 +18,7 @@ and the process's resident high-water mark (monotone over the run) on the CPU.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import resource
 import statistics
 import sys
@@ -30,6 +28,7 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
+from _common import write_results  # noqa: E402
 from fewshot.emd import solve  # noqa: E402
 
 
@@ -137,20 +136,7 @@ def main() -> int:
                       f"mem {row['peak_memory_mb']:7.0f} MB  "
                       f"value err {row.get('value_rel_error', float('nan')):.1e}  "
                       f"plan L1 {row.get('plan_l1', float('nan')):.3f}", flush=True)
-    try:
-        import numba
-        numba_threads = numba.get_num_threads()
-    except ImportError:
-        numba_threads = None
-    meta = {"machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(), "numba_threads": numba_threads,
-            "torch": torch.__version__, "device": str(device),
-            "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
-            "command": " ".join(sys.argv)}
-    os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-    with open(args.json, "w") as f:
-        json.dump({"meta": meta, "rows": rows}, f, indent=1)
-    print(f"written {args.json}")
+    write_results(args.json, rows, device)
     return 0
 
 

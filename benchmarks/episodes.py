@@ -17,9 +17,7 @@ the backbone is randomly initialised unless ``--checkpoint`` is given.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import sys
 import time
 
@@ -28,6 +26,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
+from _common import write_results  # noqa: E402
 from fewshot import emd  # noqa: E402
 from fewshot.models import create_model  # noqa: E402
 
@@ -159,14 +158,7 @@ def main() -> int:
               f"eval: encode {args.split_images} images {encode_s:7.1f} s, {n_eval} episodes "
               f"{episode_s:7.1f} s (EMD {emd_s:6.1f} s) -> EMD / backbone {emd_s / encode_s:.3f}, "
               f"{n_eval / (encode_s + episode_s):6.2f} episodes/s end to end", flush=True)
-    meta = {"machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
-            "device": str(device), "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
-            "backbone": args.backbone, "solver": args.solver, "engine": args.engine,
-            "command": " ".join(sys.argv)}
-    with open(args.json, "w") as f:
-        json.dump({"meta": meta, "rows": rows}, f, indent=1)
-    print(f"written {args.json}")
+    write_results(args.json, rows, device, backbone=args.backbone, solver=args.solver, engine=args.engine)
     return 0
 
 

@@ -10,7 +10,6 @@ exact plan), and forward+backward time of learned, exact and sinkhorn in the sam
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -20,6 +19,7 @@ from scipy import stats
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
+from _common import write_results  # noqa: E402
 from fewshot.emd import solve  # noqa: E402
 from fewshot.emd._learned import random_problems  # noqa: E402
 
@@ -75,10 +75,7 @@ def main() -> int:
                   f"kendall {row['kendall']:.4f} rel.err {row['relative_error']:.4f} "
                   f"grad cos {row['gradient_cosine']:.3f} | fwd+bwd ms: learned {row['learned_ms']:.1f} "
                   f"exact {row['exact_ms']:.1f} sinkhorn {row['sinkhorn_ms']:.1f}", flush=True)
-    meta = {"checkpoint": args.checkpoint, "torch_threads": torch.get_num_threads(), "command": " ".join(sys.argv)}
-    with open(args.json, "w") as f:
-        json.dump({"meta": meta, "rows": rows}, f, indent=1)
-    print(f"written {args.json}")
+    write_results(args.json, rows, torch.device("cpu"), checkpoint=args.checkpoint)
     return 0
 
 

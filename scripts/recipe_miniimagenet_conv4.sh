@@ -13,14 +13,7 @@ PY=${PYTHON:-.venv/bin/python}
 E1=${EPISODES_1SHOT:-1000}; ES=${EPISODES_SINKHORN:-300}; E5=${EPISODES_5SHOT:-100}
 CFG=configs/conv4_miniimagenet.yaml
 mkdir -p "$R"
-step() {  # step OUTPUT LOG command...: run unless OUTPUT exists; append timing to LOG
-  local out=$1 logf=$2; shift 2
-  if [ -e "$out" ]; then echo "skip: $out exists"; return; fi
-  echo "run: $*"
-  local t0=$SECONDS
-  "$@" run.progress=false >>"$R/$logf" 2>&1
-  echo "$((SECONDS - t0)) s: $*" | tee -a "$R/times.txt"
-}
+source "$(dirname "$0")/_steps.sh"
 step "$R/pretrain/best.pt" pretrain.log \
   $PY train.py --config $CFG --stage pretrain --max-steps 600 --data-root "$D" --out "$R"
 step "$R/meta/best.pt" meta_deepemd.log \

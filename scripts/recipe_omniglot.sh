@@ -11,14 +11,7 @@ R=${2:?usage: $0 DATA_ROOT OUT}
 PY=${PYTHON:-.venv/bin/python}
 E=${EPISODES:-1000}
 mkdir -p "$R"
-step() {  # step OUTPUT LOG command...: run unless OUTPUT exists; append timing to OUT/times.txt
-  local out=$1 logf=$2; shift 2
-  if [ -e "$out" ]; then echo "skip: $out exists"; return; fi
-  echo "run: $*"
-  local t0=$SECONDS
-  "$@" run.progress=false >>"$R/$logf" 2>&1
-  echo "$((SECONDS - t0)) s: $*" | tee -a "$R/times.txt"
-}
+source "$(dirname "$0")/_steps.sh"
 for method in protonet deepemd; do
   step "$R/$method/meta/best.pt" "train_$method.log" \
     $PY train.py --config "configs/omniglot_$method.yaml" --data-root "$D" --out "$R/$method"

@@ -1,0 +1,27 @@
+"""What every benchmark records beside its rows: the machine, the versions and the command."""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+
+import torch
+
+
+def write_results(path: str, rows: list, device: torch.device = torch.device("cpu"), **extra) -> None:
+    """Write {"meta", "rows"} JSON to ``path``; meta names the machine, threads, versions, command."""
+    try:
+        import numba
+        numba_threads = numba.get_num_threads()
+    except ImportError:
+        numba_threads = None
+    meta = {"machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(), "numba_threads": numba_threads,
+            "torch": torch.__version__, "device": str(device),
+            "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+            "command": " ".join(sys.argv), **extra}
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump({"meta": meta, "rows": rows}, f, indent=1)
+    print(f"written {path}")
