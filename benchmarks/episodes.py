@@ -2,8 +2,9 @@
 
 For each shot count (5-way, 15 queries; 5-shot fits the Structured FC prototypes):
 - train: forward + backward + SGD step of one episode (``model.train()``), episodes/s,
-  and the share of the time spent inside the EMD layer (forward; its backward is a
-  multiplication by the plan);
+  the share of the time spent inside the EMD layer (forward; its backward is a
+  multiplication by the plan) and the peak memory (CUDA high-water mark on a GPU; the
+  process's resident high-water mark on the CPU, which includes the interpreter and libraries);
 - eval: evaluation as ``eval.py`` runs it: the split's images are encoded once
   (``--split-images``, default 9,600 = miniImageNet val) and the episodes run on the cached
   features; reported as the backbone seconds, the EMD/episode seconds for ``--episodes``
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import sys
 import time
 
@@ -65,8 +67,17 @@ def episode(n_way: int, n_shot: int, n_query: int, size: int, g: torch.Generator
             torch.arange(n_way).repeat_interleave(n_query).to(device))
 
 
+def peak_memory_mb(device: torch.device) -> float:
+    """CUDA high-water mark on a GPU, the process's resident high-water mark on the CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def bench_train(model, n_shot, steps, size, device, amp):
     model.train()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
     opt = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
     g = torch.Generator().manual_seed(0)
     data = [episode(5, n_shot, 15, size, g, device) for _ in range(2)]
@@ -85,7 +96,7 @@ def bench_train(model, n_shot, steps, size, device, amp):
             if i:
                 times.append(time.perf_counter() - t)
                 emd_times.append(timer.seconds)
-    return sum(times) / len(times), sum(emd_times) / sum(times)
+    return sum(times) / len(times), sum(emd_times) / sum(times), peak_memory_mb(device)
 
 
 @torch.no_grad()
@@ -142,19 +153,20 @@ def main() -> int:
         model.load_state_dict(load_checkpoint(args.checkpoint)["model"])
     rows = []
     for n_shot in args.shots:
-        step_s, emd_share = bench_train(model, n_shot, args.train_steps, args.image_size, device, args.amp)
+        step_s, emd_share, train_mb = bench_train(model, n_shot, args.train_steps, args.image_size, device, args.amp)
         n_eval = args.episodes if n_shot == 1 else args.episodes_5shot
         encode_s, episode_s, emd_s = bench_eval(model, n_shot, n_eval, args.split_images,
                                                 args.image_size, device, args.amp)
         row = {"n_shot": n_shot, "train_episode_s": step_s, "train_episodes_per_s": 1 / step_s,
-               "train_emd_share": emd_share, "eval_episodes": n_eval,
+               "train_emd_share": emd_share, "train_peak_memory_mb": train_mb, "eval_episodes": n_eval,
                "eval_encode_s": encode_s, "eval_split_images": args.split_images,
                "eval_episode_s": episode_s, "eval_emd_s": emd_s,
                "eval_episodes_per_s_end_to_end": n_eval / (encode_s + episode_s),
                "emd_over_backbone": emd_s / encode_s}
         rows.append(row)
         print(f"5-way {n_shot}-shot {args.backbone} {args.solver} on {device}: "
-              f"train {1 / step_s:6.2f} episodes/s (EMD {100 * emd_share:4.1f}% of the step) | "
+              f"train {1 / step_s:6.2f} episodes/s (EMD {100 * emd_share:4.1f}% of the step, "
+              f"peak memory {train_mb:.0f} MB) | "
               f"eval: encode {args.split_images} images {encode_s:7.1f} s, {n_eval} episodes "
               f"{episode_s:7.1f} s (EMD {emd_s:6.1f} s) -> EMD / backbone {emd_s / encode_s:.3f}, "
               f"{n_eval / (encode_s + episode_s):6.2f} episodes/s end to end", flush=True)
