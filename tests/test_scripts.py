@@ -72,3 +72,4 @@ def test_gpu_recipe_smoke_on_cpu_with_two_processes(csv_root, tmp_path):
     assert shot5["n_shot"] == 5 and shot5["episodes"] == 2 and shot5["solver"] == "exact"
     times = (out / "times.txt").read_text()
     assert "pretrain:" in times and "nproc 2" in times
+    assert "on cpu x 2 processes" in run.stdout + run.stderr        # DistributedDataParallel ran

@@ -328,7 +328,7 @@ def pretrain(config: Config, resume: Optional[str] = None) -> str:
         return loss, (logits.argmax(1) == labels).float().mean().item() * 100, len(labels) * size
 
     log(f"[pretrain] {len(train_set.classes)} classes, {len(train_set)} images, "
-        f"{steps_per_epoch} steps/epoch on {device}")
+        f"{steps_per_epoch} steps/epoch on {device}" + (f" x {size} processes" if size > 1 else ""))
     validate = _validator(config, model, device, p.val_episodes, 5, 1)
     _run_epochs(stage, p.epochs, steps_per_epoch, batches, step_fn, validate, unit="images",
                 val_every=p.val_every)
@@ -434,7 +434,7 @@ def meta_train(config: Config, resume: Optional[str] = None) -> str:
 
     details = "".join(f", {k} {v}" for k, v in getattr(model, "describe", dict)().items())
     log(f"[meta] {e.n_way}-way {e.n_shot}-shot {e.n_query}-query, {config.model.method} / "
-        f"{config.model.backbone}{details} on {device}")
+        f"{config.model.backbone}{details} on {device}" + (f" x {size} processes" if size > 1 else ""))
     validate = _validator(config, model, device, m.val_episodes, e.n_way, e.n_shot)
     _run_epochs(stage, m.epochs, steps_per_epoch, batches, step_fn, validate, unit="episodes",
                 val_every=m.val_every)
