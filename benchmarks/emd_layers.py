@@ -6,7 +6,8 @@ plan to the exact plan (relative to the mass; 2 is the maximum). Entries:
 
 - a registered solver by name (``exact`` uses its default compiled simplex engine);
 - ``exact_pot``: the ``exact`` solver with ``engine=pot`` (POT's network simplex per problem);
-- ``pot_emd2_loop``: POT's ``ot.emd2`` called in a Python loop with its torch backend.
+- ``pot_emd2_loop``: POT's ``ot.emd2`` called in a Python loop with its torch backend;
+- ``chain`` gets the problems' 64-d node vectors, ``learned`` the ``--learned-checkpoint``.
 
 Timings are medians of ``--repeat`` runs and are reported next to ``exact`` as ratios
 taken in the same run. Peak memory is the CUDA high-water mark of the row on a GPU
@@ -29,7 +30,7 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from _common import write_results  # noqa: E402
-from fewshot.emd import solve  # noqa: E402
+from fewshot.emd import needs_points, solve  # noqa: E402
 
 
 def problems(batch: int, n: int, dtype: torch.dtype, seed: int = 0, dim: int = 64):
@@ -40,7 +41,8 @@ def problems(batch: int, n: int, dtype: torch.dtype, seed: int = 0, dim: int = 6
     a = torch.rand(batch, n, generator=g, dtype=torch.float64) + 0.05
     b = torch.rand(batch, n, generator=g, dtype=torch.float64) + 0.05
     a, b = a * n / a.sum(1, keepdim=True), b * n / b.sum(1, keepdim=True)
-    return cost.to(dtype), a.to(dtype), (b * a.sum(1, keepdim=True) / b.sum(1, keepdim=True)).to(dtype)
+    b = b * a.sum(1, keepdim=True) / b.sum(1, keepdim=True)
+    return cost.to(dtype), a.to(dtype), b.to(dtype), x.to(dtype), y.to(dtype)
 
 
 def timed(fn, repeat: int) -> float:
@@ -61,17 +63,23 @@ def pot_loop(cost, a, b):
 ENTRIES = {"exact_pot": ("exact", {"engine": "pot"})}
 
 
-def run_entry(name, cost, a, b, backward: bool):
+def run_entry(name, cost, a, b, backward: bool, points=None):
+    """Solve with entry ``name``; returns the EMDResult (None for ``pot_emd2_loop``).
+    ``points`` (x, y) are the nodes, passed to solvers that need them (``chain``)."""
     if backward:
         cost, a, b = (t.clone().requires_grad_(True) for t in (cost, a, b))
+    result = None
     if name == "pot_emd2_loop":
         value = pot_loop(cost, a, b)
     else:
         solver, options = ENTRIES.get(name, (name, {}))
-        value = solve(cost, a, b, solver=solver, **options).value
+        if needs_points(solver):
+            options = dict(options, x=points[0], y=points[1])
+        result = solve(cost, a, b, solver=solver, **options)
+        value = result.value
     if backward:
         value.sum().backward()
-    return value
+    return result
 
 
 def peak_memory_mb(device: torch.device) -> float:
@@ -95,38 +103,50 @@ def main() -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--pot", action="store_true", help="also time ot.emd2 in a loop (torch backend)")
+    parser.add_argument("--learned-checkpoint", help="checkpoint of the learned solver (entry 'learned')")
+    parser.add_argument("--single-run", nargs="*", default=[], metavar="SOLVER",
+                        help="solvers timed by one forward+backward call only (no warm-up, no "
+                             "forward-only timing): for minutes-long solvers such as qpth")
     parser.add_argument("--json", default="benchmarks/emd_layers.json")
     args = parser.parse_args()
     dtype, device = getattr(torch, args.dtype), torch.device(args.device)
+    if args.learned_checkpoint:
+        ENTRIES["learned"] = ("learned", {"checkpoint": args.learned_checkpoint})
     rows = []
     entries = list(args.solvers) + (["pot_emd2_loop"] if args.pot else [])
     for n in args.sizes:
         for batch in args.batch:
-            cost, a, b = (t.to(device) for t in problems(batch, n, dtype))
+            cost, a, b, x, y = (t.to(device) for t in problems(batch, n, dtype))
             ref = solve(cost.double(), a.double(), b.double(), solver="exact")
             base = {}
             for name in entries:
-                run_entry(name, cost, a, b, backward=True)     # warm-up (compilation, caches)
+                single = name in args.single_run
+                if not single:
+                    run_entry(name, cost, a, b, backward=True, points=(x, y))     # warm-up (compilation, caches)
                 if device.type == "cuda":
                     torch.cuda.reset_peak_memory_stats(device)
 
+                last = {}
+
                 def forward():
-                    run_entry(name, cost, a, b, backward=False)
+                    run_entry(name, cost, a, b, backward=False, points=(x, y))
                     synchronize(device)
 
                 def both():
-                    run_entry(name, cost, a, b, backward=True)
+                    last["result"] = run_entry(name, cost, a, b, backward=True, points=(x, y))
                     synchronize(device)
 
-                fwd, fwdbwd = timed(forward, args.repeat), timed(both, args.repeat)
+                if single:
+                    fwd, fwdbwd = float("nan"), timed(both, 1)
+                else:
+                    fwd, fwdbwd = timed(forward, args.repeat), timed(both, args.repeat)
                 row = {"solver": name, "nodes": n, "batch": batch, "dtype": args.dtype,
                        "device": str(device), "forward_ms": fwd, "forward_backward_ms": fwdbwd,
                        "peak_memory_mb": peak_memory_mb(device)}
-                if name != "pot_emd2_loop":
-                    solver, options = ENTRIES.get(name, (name, {}))
-                    r = solve(cost, a, b, solver=solver, **options)
-                    row["value_rel_error"] = float(((r.value.double() - ref.value) / ref.value).abs().max())
-                    row["plan_l1"] = float(((r.plan.double() - ref.plan).abs().sum((1, 2)) / n).mean())
+                r = last["result"]
+                if r is not None:
+                    row["value_rel_error"] = float(((r.value.detach().double() - ref.value) / ref.value).abs().max())
+                    row["plan_l1"] = float(((r.plan.detach().double() - ref.plan).abs().sum((1, 2)) / n).mean())
                 if name == "exact":
                     base = row
                 row["fwdbwd_vs_exact"] = fwdbwd / base["forward_backward_ms"] if base else None
