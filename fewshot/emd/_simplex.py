@@ -10,11 +10,15 @@ by the primal simplex method on the spanning-tree basis of the bipartite graph
 1. start: the matrix-minimum rule (cells in order of increasing cost, each
    allocation crosses out one exhausted row or column), which gives a basic
    feasible tree of M + N - 1 cells close to the optimum;
-2. duals: u_i + v_j = cost_ij on the tree (u_0 = 0), by one traversal;
-3. pricing: the cell with the most negative reduced cost cost_ij - u_i - v_j
-   enters (Dantzig's rule); none below -tol means the plan is optimal;
-4. pivot: the entering cell closes one cycle in the tree; the flow moves
-   around it and the first blocking cell leaves.
+2. duals: u_i + v_j = cost_ij on the tree (u_0 = 0), by one traversal that also
+   roots the tree (parent arc and depth of every node);
+3. pricing by block search: rows are scanned round-robin from where the last scan
+   stopped, and the most negative reduced cost cost_ij - u_i - v_j of the first block
+   of rows that has one enters; a full scan with none below -tol means optimal;
+4. pivot: the entering cell closes one cycle (the tree paths of its row and column
+   up to their common ancestor); the flow moves around it, the first blocking cell
+   leaves, and only the subtree cut off by the leaving cell is walked again (re-hung
+   on the entering cell, its duals shifted by the entering reduced cost).
 
 Every problem runs in one compiled call with no Python in the loop; batches of at
 least ``PARALLEL_MIN_BATCH`` problems are spread over all cores with ``numba.prange``
@@ -99,6 +103,47 @@ def _matrix_minimum(cost, a, b, arc_r, arc_c, arc_x):  # pragma: no cover (compi
 
 
 @njit(cache=True, nogil=True)
+def _unlink(node, arc, adj, deg):  # pragma: no cover (compiled)
+    for s in range(deg[node]):
+        if adj[node, s] == arc:
+            deg[node] -= 1
+            adj[node, s] = adj[node, deg[node]]
+            return
+
+
+@njit(cache=True, nogil=True)
+def _hang(top, shift, cost, arc_r, arc_c, adj, deg, parent, depth, u, v, queue, M):  # pragma: no cover
+    """Walk the subtree below ``top`` (whose parent arc and depth are set): set parent arcs
+    and depths, and the duals from the arcs' costs (``top``'s own dual is moved by ``shift``,
+    the duals below follow from u_i + v_j = cost_ij). Returns the node count."""
+    if top < M:
+        u[top] += shift
+    else:
+        v[top - M] += shift
+    queue[0] = top
+    head = 0
+    tail = 1
+    while head < tail:
+        n = queue[head]
+        head += 1
+        for s in range(deg[n]):
+            e = adj[n, s]
+            if e == parent[n]:
+                continue
+            if n < M:
+                m = M + arc_c[e]
+                v[arc_c[e]] = cost[n, arc_c[e]] - u[n]
+            else:
+                m = arc_r[e]
+                u[m] = cost[m, n - M] - v[n - M]
+            parent[m] = e
+            depth[m] = depth[n] + 1
+            queue[tail] = m
+            tail += 1
+    return tail
+
+
+@njit(cache=True, nogil=True)
 def _solve_one(cost, a, b, plan, u, v, max_iter, tol):  # pragma: no cover (compiled)
     M, N = cost.shape
     K = M + N - 1
@@ -111,66 +156,36 @@ def _solve_one(cost, a, b, plan, u, v, max_iter, tol):  # pragma: no cover (comp
     if _matrix_minimum(cost, a, b, arc_r, arc_c, arc_x) < K:
         return 0, 0
 
-    deg = np.empty(n_nodes, np.int64)
-    start = np.empty(n_nodes + 1, np.int64)
-    fill = np.empty(n_nodes, np.int64)
-    adj = np.empty(2 * K, np.int64)
-    parent = np.empty(n_nodes, np.int64)      # arc to the parent node, -1 at the root
+    # the basis tree: adjacency lists (arc ids), parent arc and depth below the root (row 0)
+    max_deg = max(M, N)
+    adj = np.empty((n_nodes, max_deg), np.int64)
+    deg = np.zeros(n_nodes, np.int64)
+    for e in range(K):
+        r = arc_r[e]
+        c = M + arc_c[e]
+        adj[r, deg[r]] = e
+        deg[r] += 1
+        adj[c, deg[c]] = e
+        deg[c] += 1
+    parent = np.empty(n_nodes, np.int64)
     depth = np.empty(n_nodes, np.int64)
     queue = np.empty(n_nodes, np.int64)
     path_p = np.empty(n_nodes, np.int64)
     path_q = np.empty(n_nodes, np.int64)
+
+    # 2. duals on the tree: one traversal from the root; afterwards only the subtree that
+    #    moves in a pivot is visited again
+    parent[0] = -1
+    depth[0] = 0
+    u[0] = 0.0
+    if _hang(0, 0.0, cost, arc_r, arc_c, adj, deg, parent, depth, u, v, queue, M) < n_nodes:
+        return 0, 0                           # not a spanning tree: let the caller re-solve
 
     code = 0
     it = 0
     row_ptr = 0
     block_rows = max(1, int(np.sqrt(M)) // 2)
     while it <= max_iter:
-        # 2. duals on the tree by breadth-first traversal from row 0
-        deg[:] = 0
-        for e in range(K):
-            deg[arc_r[e]] += 1
-            deg[M + arc_c[e]] += 1
-        start[0] = 0
-        for n in range(n_nodes):
-            start[n + 1] = start[n] + deg[n]
-            fill[n] = start[n]
-        for e in range(K):
-            r = arc_r[e]
-            c = M + arc_c[e]
-            adj[fill[r]] = e
-            fill[r] += 1
-            adj[fill[c]] = e
-            fill[c] += 1
-        depth[:] = -1
-        depth[0] = 0
-        parent[0] = -1
-        u[0] = 0.0
-        queue[0] = 0
-        head = 0
-        tail = 1
-        while head < tail:
-            n = queue[head]
-            head += 1
-            for s in range(start[n], start[n + 1]):
-                e = adj[s]
-                if n < M:
-                    m = M + arc_c[e]
-                else:
-                    m = arc_r[e]
-                if depth[m] >= 0:
-                    continue
-                depth[m] = depth[n] + 1
-                parent[m] = e
-                if m >= M:
-                    v[m - M] = cost[arc_r[e], arc_c[e]] - u[arc_r[e]]
-                else:
-                    u[m] = cost[arc_r[e], arc_c[e]] - v[arc_c[e]]
-                queue[tail] = m
-                tail += 1
-        if tail < n_nodes:
-            return 0, it                      # basis lost connectivity: let the caller re-solve
-
         # 3. pricing by block search: scan rows from where the last scan stopped and take
         #    the most negative reduced cost of the first block of rows that has one
         best = -tol
@@ -197,7 +212,7 @@ def _solve_one(cost, a, b, plan, u, v, max_iter, tol):  # pragma: no cover (comp
             break
         it += 1
 
-        # 4. the cycle: tree path from row p and from column q up to their common ancestor
+        # 4. the cycle: tree paths from row p and from column q up to their common ancestor
         x = p
         y = M + q
         lp = 0
@@ -225,6 +240,7 @@ def _solve_one(cost, a, b, plan, u, v, max_iter, tol):  # pragma: no cover (comp
         # arcs at even positions (counted from p, resp. from q) lose flow
         theta = np.inf
         leave = -1
+        leave_on_p = True
         for s in range(0, lp, 2):
             e = path_p[s]
             if arc_x[e] < theta:
@@ -235,15 +251,32 @@ def _solve_one(cost, a, b, plan, u, v, max_iter, tol):  # pragma: no cover (comp
             if arc_x[e] < theta:
                 theta = arc_x[e]
                 leave = e
+                leave_on_p = False
         for s in range(lp):
             e = path_p[s]
             arc_x[e] += -theta if s % 2 == 0 else theta
         for s in range(lq):
             e = path_q[s]
             arc_x[e] += -theta if s % 2 == 0 else theta
+
+        # the leaving arc cuts off the subtree below it, which holds p (leave_on_p) or q;
+        # the entering arc (p, q) takes the leaving arc's slot and re-hangs that subtree
+        _unlink(arc_r[leave], leave, adj, deg)
+        _unlink(M + arc_c[leave], leave, adj, deg)
         arc_r[leave] = p
         arc_c[leave] = q
         arc_x[leave] = theta
+        adj[p, deg[p]] = leave
+        deg[p] += 1
+        adj[M + q, deg[M + q]] = leave
+        deg[M + q] += 1
+        if leave_on_p:                        # u_p += red keeps u_p + v_q = cost_pq
+            t, w = p, M + q
+        else:                                 # v_q += red
+            t, w = M + q, p
+        parent[t] = leave
+        depth[t] = depth[w] + 1
+        _hang(t, best, cost, arc_r, arc_c, adj, deg, parent, depth, u, v, queue, M)
 
     plan[:, :] = 0.0
     for e in range(K):
