@@ -20,6 +20,7 @@ def write_results(path: str, rows: list, device: torch.device = torch.device("cp
             "torch_threads": torch.get_num_threads(), "numba_threads": numba_threads,
             "torch": torch.__version__, "device": str(device),
             "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
             "command": " ".join(sys.argv), **extra}
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "w") as f:

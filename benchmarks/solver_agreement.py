@@ -20,7 +20,10 @@ import os
 import sys
 import time
 
-import torch
+# As in eval.py: torch's OpenMP threads must not spin on the cores the EMD layer's threads use.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import torch  # noqa: E402
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
