@@ -81,7 +81,7 @@ class MatchingTransformer(nn.Module):
         self.log_tau = nn.Parameter(torch.tensor(math.log(0.05)))
 
     def forward(self, cost: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        scale = cost.detach().abs().amax((1, 2), keepdim=True).clamp_min(1e-12)
+        scale = cost.abs().amax((1, 2), keepdim=True).clamp_min(1e-12)
         c = cost / scale                                     # scale-free: EMD is homogeneous in cost
         x = self.embed_x(node_tokens(c, a))
         y = self.embed_y(node_tokens(c.transpose(1, 2), b))
