@@ -51,8 +51,10 @@ def main() -> int:
     parser.add_argument("--episodes", type=int, default=100)
     parser.add_argument("--limit", nargs="*", default=[], metavar="SOLVER=N",
                         help="score only the first N episodes with SOLVER")
+    parser.add_argument("--learned-checkpoint", default="", help="checkpoint of the learned solver")
     parser.add_argument("--json", default="")
     args = parser.parse_args()
+    options = {"learned": {"checkpoint": args.learned_checkpoint}} if args.learned_checkpoint else {}
     try:
         limits = {k: int(v) for k, v in (item.split("=") for item in args.limit)}
     except ValueError:
@@ -73,7 +75,7 @@ def main() -> int:
             s = feats[[pos[j] for j in ep.support]]
             q = feats[[pos[j] for j in ep.query]]
             with torch.no_grad():
-                logits = emd_logits(q, s, solver, {}, model.temperature, model.metric, model.center)
+                logits = emd_logits(q, s, solver, options.get(solver, {}), model.temperature, model.metric, model.center)
             labels = ep.labels(len(ep.query) // ep.n_way)
             accs.append((logits.argmax(1) == labels).float().mean().item() * 100)
             logits_all.append(logits)
