@@ -38,7 +38,7 @@ test-all: install
 	$(PY) -m pytest -q -m ""
 
 bench: install
-	$(PY) benchmarks/emd_layers.py --sizes 9 25 --batch 375 20 --pot
+	$(PY) benchmarks/emd_layers.py --sizes 9 25 --batch 375 20 --pot --json benchmarks/emd_layers_quick.json
 
 bench-episodes: install
 	$(PY) benchmarks/episodes.py --backbone resnet12 --shots 1 5 --episodes 600
