@@ -69,12 +69,19 @@ def test_cli_errors_are_one_paragraph(tmp_path, capsys):
     assert "missing.pt" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("solver", ["exact", "sinkhorn", "qpth", "cvxpylayers", "tree", "chain"])
+@pytest.mark.parametrize("solver", ["exact", "sinkhorn", "qpth", "cvxpylayers", "tree", "chain", "learned"])
 def test_deepemd_trains_with_each_solver_by_one_key(folder_root, tmp_path, solver):
     out = str(tmp_path / solver)
+    extra = []
+    if solver == "learned":                       # its options name a trained matcher checkpoint
+        from fewshot.emd import MatchingTransformer
+        from fewshot.emd._learned import save_model
+        save_model(MatchingTransformer(dim=16, layers=1), str(tmp_path / "matcher.pt"))
+        extra = [f"model.options.{k}_options.checkpoint={tmp_path / 'matcher.pt'}"
+                 for k in ("solver", "eval_solver")]
     args = _args(folder_root, out, "--max-steps", "2", "model.method=deepemd", "data.image_size=32",
                  "--query", "1", f"model.options.solver={solver}", f"model.options.eval_solver={solver}",
-                 "meta.val_episodes=2", "eval.n_query=1")
+                 "meta.val_episodes=2", "eval.n_query=1", *extra)
     assert train_main(args) == 0
     result = str(tmp_path / "r.json")
     assert eval_main(["--checkpoint", os.path.join(out, "meta", "best.pt"), "--episodes", "2",
