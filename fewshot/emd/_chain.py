@@ -31,8 +31,6 @@ import torch
 from ._problem import EMDInputError, EMDResult
 from ._tree import _ZeroSum
 
-NEEDS_POINTS = True
-
 
 def monotone_plan(x: torch.Tensor, y: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Optimal 1-D plan [B, M, N] of nodes at x [B, M] (weights a [B, M]) and y [B, N] (b [B, N])."""
@@ -106,4 +104,4 @@ def solve_chain(cost: torch.Tensor, a: torch.Tensor, b: torch.Tensor,
                      info={"n_projections": n_projections})
 
 
-solve_chain.needs_points = NEEDS_POINTS
+solve_chain.needs_points = True   # emd.needs_points: DeepEMD passes its node features

@@ -36,6 +36,7 @@ import torch.nn as nn
 
 from ..errors import ConfigError
 from ._problem import EMDResult
+from ._sinkhorn import _iterate
 
 TOKEN_FEATURES = 4
 
@@ -98,11 +99,9 @@ def project(logits: torch.Tensor, a: torch.Tensor, b: torch.Tensor, n_iter: int,
     """Log-domain Sinkhorn normalisation of exp(logits) [B, M, N] to row sums a and column sums b
     (the log of the plan with ``log``)."""
     log_a, log_b = a.clamp_min(1e-30).log(), b.clamp_min(1e-30).log()
-    f = torch.zeros_like(a)
-    g = torch.zeros_like(b)
-    for _ in range(n_iter):
-        f = log_a - torch.logsumexp(logits + g[:, None, :], -1)
-        g = log_b - torch.logsumexp(logits + f[:, :, None], -2)
+    # Sinkhorn's log-domain iteration with cost = -logits and epsilon 1 (no early stop)
+    f, g, _, _ = _iterate(-logits, log_a, log_b, torch.zeros_like(a), torch.zeros_like(b), 1.0,
+                          n_iter, tol=0.0, mass=a.sum(1), check_every=n_iter)
     log_plan = logits + f[:, :, None] + g[:, None, :]
     return log_plan if log else log_plan.exp()
 
