@@ -109,6 +109,37 @@ def test_sfc_lowers_support_loss():
     assert model.sfc_loss(feats, ys, model.prototypes) < before - 0.05
 
 
+def test_sfc_warm_started_sinkhorn_matches_cold_start_with_far_fewer_iterations(monkeypatch):
+    """SFC through Sinkhorn keeps each support image's potentials between steps: the
+    prototypes equal those of cold-started solves, for a fraction of the iterations; the
+    shuffling is seeded by ``sfc_seed``, so the global RNG does not change the result."""
+    import fewshot.emd._sinkhorn as sinkhorn_module
+    g = torch.Generator().manual_seed(3)
+    feats = torch.randn(10, 64, 25, generator=g, dtype=torch.float64)
+    labels = torch.arange(5).repeat_interleave(2)
+    model = create_model("deepemd", "conv4", {"hidden": 16},
+                         {"solver": "sinkhorn", "solver_options": {"tol": 1e-4},
+                          "sfc_steps": 5}).eval()
+    iterations = []
+    original = sinkhorn_module._iterate
+
+    def counting(*args, **kwargs):
+        out = original(*args, **kwargs)
+        iterations.append(out[2])
+        return out
+
+    monkeypatch.setattr(sinkhorn_module, "_iterate", counting)
+    torch.manual_seed(0)
+    warm = model.structured_fc(feats, labels)
+    warm_iterations, iterations[:] = sum(iterations), []
+    torch.manual_seed(1)   # the global RNG plays no part
+    monkeypatch.setattr(deepemd_module.emd, "warm_starts", lambda solver: False)
+    cold = model.structured_fc(feats, labels)
+    assert warm_iterations < sum(iterations) / 3
+    torch.testing.assert_close(warm, cold, atol=1e-5, rtol=0)
+    assert (warm - class_means(feats, labels)).abs().max() > 1e-3   # SFC did move them
+
+
 def test_train_and_eval_solvers_are_reported():
     model = create_model("deepemd", "conv4", {}, {"solver": "qpth", "eval_solver": "exact"})
     assert model.describe() == {"patch": "fcn", "solver": "qpth", "eval_solver": "exact"}

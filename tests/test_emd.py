@@ -156,6 +156,24 @@ def test_sinkhorn_float32_converges_to_exact_without_nan():
     assert rel_small.mean() < rel[:20].mean()
 
 
+def test_sinkhorn_warm_start_reaches_the_same_fixed_point_in_few_iterations():
+    from fewshot.emd import warm_starts
+    assert warm_starts("sinkhorn") and not warm_starts("exact")
+    cost, a, b = cosine_problems(20, 25, 25, dtype=torch.float64, seed=7, dim=32)
+    cold = solve(cost, a, b, solver="sinkhorn", epsilon=0.01, tol=1e-6)
+    assert cold.info["iterations"] > 100
+    # a nearby problem (the cost moved a little) started from the first one's potentials
+    moved = cost + 1e-4 * torch.rand(cost.shape, generator=torch.Generator().manual_seed(1),
+                                     dtype=cost.dtype)
+    ref = solve(moved, a, b, solver="sinkhorn", epsilon=0.01, tol=1e-6)
+    warm = solve(moved, a, b, solver="sinkhorn", epsilon=0.01, tol=1e-6, init=cold.potentials)
+    assert warm.info["iterations"] < ref.info["iterations"] / 3
+    torch.testing.assert_close(warm.plan, ref.plan, atol=5e-5, rtol=0)
+    torch.testing.assert_close(warm.value, ref.value, atol=1e-6, rtol=0)
+    with pytest.raises(ValueError, match=r"init must have shapes f \[20, 25\], g \[20, 25\]"):
+        solve(cost, a, b, solver="sinkhorn", init=(cold.potentials[0][:3], cold.potentials[1]))
+
+
 @pytest.mark.parametrize("gradient", ["implicit", "unrolled"])
 def test_sinkhorn_gradient_matches_finite_differences(gradient):
     cost, a, b = cosine_problems(2, 5, 4, seed=1)
@@ -165,6 +183,52 @@ def test_sinkhorn_gradient_matches_finite_differences(gradient):
                      gradient=gradient).value
 
     check_directional_derivative(value, cost, a, b, h=1e-5, atol=1e-6, rtol=1e-5)
+
+
+def _two_block_problem(seed):
+    """Across two blocks the cost is 10, so exp((f + g - cost) / epsilon) underflows to 0 at
+    epsilon = 0.01; within them costs lie in [0, 1] and each block carries its own mass."""
+    g = torch.Generator().manual_seed(seed)
+    cost = torch.full((1, 6, 6), 10.0, dtype=torch.float64)
+    cost[0, :3, :3] = torch.rand(3, 3, generator=g, dtype=torch.float64)
+    cost[0, 3:, 3:] = torch.rand(3, 3, generator=g, dtype=torch.float64)
+    a = torch.rand(1, 6, generator=g, dtype=torch.float64) + 0.5
+    b = torch.rand(1, 6, generator=g, dtype=torch.float64) + 0.5
+    b[0, :3] *= a[0, :3].sum() / b[0, :3].sum()
+    b[0, 3:] *= a[0, 3:].sum() / b[0, 3:].sum()
+    return cost, a, b
+
+
+@pytest.mark.parametrize("tol", [1e-3, 1e-12])
+def test_sinkhorn_implicit_gradient_stays_bounded_when_the_plan_splits_into_blocks(tol):
+    """The KKT matrix is then singular beyond its gauge: the gradient must not pick up
+    arbitrary offsets between the blocks (it stays within the in-block cost range), and
+    it matches finite differences along directions that keep each block's mass."""
+    def value(c, x, y):
+        return solve(c, x, y, solver="sinkhorn", epsilon=0.01, tol=tol, max_iter=100000).value
+
+    for seed in range(20):
+        cost, a, b = _two_block_problem(seed)
+        c, x, y = (t.clone().requires_grad_(True) for t in (cost, a, b))
+        assert solve(c, x, y, solver="sinkhorn", epsilon=0.01).plan[0, :3, 3:].max() == 0
+        for grad in torch.autograd.grad(value(c, x, y).sum(), (c, x, y)):
+            assert torch.isfinite(grad).all() and grad.abs().max() < 2
+    if tol > 1e-6:
+        return
+    cost, a, b = _two_block_problem(0)
+    c, x, y = (t.clone().requires_grad_(True) for t in (cost, a, b))
+    gc, ga, gb = torch.autograd.grad(value(c, x, y).sum(), (c, x, y))
+    dc = torch.zeros_like(cost)
+    dc[0, :3, :3], dc[0, 3:, 3:] = torch.randn(2, 3, 3, generator=torch.Generator().manual_seed(0),
+                                               dtype=torch.float64)
+    da = torch.tensor([[1.0, -0.5, -0.5, 0.3, -0.3, 0.0]], dtype=torch.float64)
+    db = torch.tensor([[0.2, 0.2, -0.4, -1.0, 0.5, 0.5]], dtype=torch.float64)
+    h = 1e-6
+    with torch.no_grad():
+        fd = (value(cost + h * dc, a + h * da, b + h * db)
+              - value(cost - h * dc, a - h * da, b - h * db)) / (2 * h)
+    analytic = (gc * dc).sum() + (ga * da).sum() + (gb * db).sum()
+    assert float(analytic) == pytest.approx(float(fd), abs=1e-5)
 
 
 # ----------------------------------------------------------------------------- cvxpylayers

@@ -7,7 +7,9 @@ and ``b`` with the same total mass); the result carries ``plan`` [B, M, N],
 ``value`` [B] and, where the solver has them, ``potentials`` (f [B, M], g [B, N]).
 Solvers are registered by name (:func:`solvers`); each module states how its
 solver differentiates. Solvers that work on node positions (``chain``) also take the
-nodes as options ``x`` [B, M, D] and ``y`` [B, N, D] (:func:`needs_points`).
+nodes as options ``x`` [B, M, D] and ``y`` [B, N, D] (:func:`needs_points`); solvers
+that can start from given potentials take ``init`` = (f [B, M], g [B, N])
+(:func:`warm_starts`).
 """
 from __future__ import annotations
 
@@ -46,6 +48,11 @@ def needs_points(solver: str) -> bool:
     return bool(getattr(SOLVERS.get(solver), "needs_points", False))
 
 
+def warm_starts(solver: str) -> bool:
+    """Whether ``solver`` accepts ``init`` potentials (f [B, M], g [B, N]) to start from."""
+    return bool(getattr(SOLVERS.get(solver), "warm_start", False))
+
+
 def register_solver(name: str) -> Callable:
     """Decorator adding ``fn(cost, a, b, **options) -> EMDResult`` as solver ``name``."""
     return SOLVERS.register(name)
@@ -65,5 +72,5 @@ def solve(cost: torch.Tensor, a: torch.Tensor, b: torch.Tensor, solver: str = "e
 
 
 __all__ = ["solve", "solvers", "register_solver", "EMDResult", "EMDInputError", "EMDSolverError",
-           "SOLVERS", "TreeEMDLoss", "tree_emd", "chain_emd", "monotone_plan", "needs_points",
+           "SOLVERS", "TreeEMDLoss", "tree_emd", "chain_emd", "monotone_plan", "needs_points", "warm_starts",
            "MatchingTransformer", "learned_emd"]

@@ -17,7 +17,7 @@ prototype p (the support image for 1-shot, a Structured FC prototype for K > 1):
 from __future__ import annotations
 
 import math
-from typing import Dict, Optional, Sequence
+from typing import Dict, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -58,8 +58,15 @@ def node_cost(query: torch.Tensor, proto: torch.Tensor, metric: str = "cosine",
 
 def emd_logits(query: torch.Tensor, proto: torch.Tensor, solver: str = "exact",
                solver_options: Optional[dict] = None, temperature: float = 12.5,
-               metric: str = "cosine", center: bool = True) -> torch.Tensor:
-    """DeepEMD logits [Q, W] of query nodes [Q, C, M] against prototype nodes [W, C, N]."""
+               metric: str = "cosine", center: bool = True,
+               init: Optional[Tuple[torch.Tensor, torch.Tensor]] = None,
+               return_result: bool = False
+               ) -> Union[torch.Tensor, Tuple[torch.Tensor, emd.EMDResult]]:
+    """DeepEMD logits [Q, W] of query nodes [Q, C, M] against prototype nodes [W, C, N].
+
+    ``init``: starting potentials (f [Q, W, M], g [Q, W, N]) for solvers that warm-start
+    (``emd.warm_starts``). With ``return_result`` the solver's EMDResult over the Q * W
+    problems (query-major) is returned too."""
     Q, W, M = query.shape[0], proto.shape[0], query.shape[2]
     N = proto.shape[2]
     a = cross_reference_weights(query, proto)                       # [Q, W, M]
@@ -72,9 +79,12 @@ def emd_logits(query: torch.Tensor, proto: torch.Tensor, solver: str = "exact",
         x = query.transpose(1, 2)[:, None].expand(Q, W, M, -1).reshape(Q * W, M, -1)
         y = proto.transpose(1, 2)[None].expand(Q, W, N, -1).reshape(Q * W, N, -1)
         options.update(x=x, y=y)
+    if init is not None:
+        options.update(init=(init[0].reshape(Q * W, M), init[1].reshape(Q * W, N)))
     result = emd.solve(cost.reshape(Q * W, M, N), a.reshape(Q * W, M), b.reshape(Q * W, N),
                        solver=solver, **options)
-    return (temperature * (1 - result.value / M)).reshape(Q, W)
+    logits = (temperature * (1 - result.value / M)).reshape(Q, W)
+    return (logits, result) if return_result else logits
 
 
 @METHODS.register("deepemd")
@@ -97,6 +107,8 @@ class DeepEMD(FewShotClassifier):
         sfc_steps, sfc_batch, sfc_lr, sfc_momentum, sfc_dampening, sfc_weight_decay:
             Structured FC fitting for K > 1 shots (epochs over the support set, batch
             size, SGD settings).
+        sfc_seed: seed of the support-set shuffling in SFC (the same for every episode,
+            so an episode's result does not depend on which episodes ran before it).
     """
 
     def __init__(self, backbone: Backbone, patch: str = "fcn", pyramid: Sequence[int] = (),
@@ -107,7 +119,7 @@ class DeepEMD(FewShotClassifier):
                  temperature: float = 12.5, metric: str = "cosine", center: bool = True,
                  sfc_steps: int = 100, sfc_batch: int = 4, sfc_lr: float = 0.1,
                  sfc_momentum: float = 0.9, sfc_dampening: float = 0.9,
-                 sfc_weight_decay: float = 0.0):
+                 sfc_weight_decay: float = 0.0, sfc_seed: int = 0):
         super().__init__(backbone)
         if patch not in PATCHES:
             raise ConfigError(f"model.options.patch must be one of {PATCHES}, got {patch!r}")
@@ -125,7 +137,7 @@ class DeepEMD(FewShotClassifier):
                                         else (self.solver_options if not eval_solver else {}))
         self.temperature, self.metric, self.center = temperature, metric, center
         self.sfc = dict(steps=sfc_steps, batch=sfc_batch, lr=sfc_lr, momentum=sfc_momentum,
-                        dampening=sfc_dampening, weight_decay=sfc_weight_decay)
+                        dampening=sfc_dampening, weight_decay=sfc_weight_decay, seed=sfc_seed)
         self.prototypes: Optional[torch.Tensor] = None
 
     # ------------------------------------------------------------------ nodes
@@ -194,19 +206,31 @@ class DeepEMD(FewShotClassifier):
 
         Initialised from the class means, then SGD on the cross-entropy of the support
         images' DeepEMD logits against the prototypes (gradient through the EMD layer);
-        the backbone features are held fixed."""
+        the backbone features are held fixed. The prototypes move little per step, so a
+        solver that warm-starts (``emd.warm_starts``, e.g. sinkhorn) starts each support
+        image's problems from the potentials it reached at that image's previous step."""
         s = self.sfc
         proto = nn.Parameter(class_means(support.detach(), labels).clone())
         opt = torch.optim.SGD([proto], lr=s["lr"], momentum=s["momentum"],
                               dampening=s["dampening"], weight_decay=s["weight_decay"])
         feats = support.detach()
-        n = feats.shape[0]
+        n, W = feats.shape[0], proto.shape[0]
+        solver, options = self._layer()
+        potentials = None
+        if emd.warm_starts(solver):
+            potentials = (feats.new_zeros(n, W, feats.shape[2]), feats.new_zeros(n, W, proto.shape[2]))
+        gen = torch.Generator().manual_seed(s["seed"])
         with torch.enable_grad():
             for _ in range(s["steps"]):
-                for chunk in torch.randperm(n, device=feats.device).split(s["batch"]):
+                for chunk in torch.randperm(n, generator=gen).to(feats.device).split(s["batch"]):
                     opt.zero_grad()
-                    loss = F.cross_entropy(self.logits(feats[chunk], proto), labels[chunk])
-                    loss.backward()
+                    init = None if potentials is None else (potentials[0][chunk], potentials[1][chunk])
+                    logits, result = emd_logits(feats[chunk], proto, solver, options, self.temperature,
+                                                self.metric, self.center, init=init, return_result=True)
+                    if potentials is not None:
+                        potentials[0][chunk] = result.potentials[0].reshape(len(chunk), W, -1)
+                        potentials[1][chunk] = result.potentials[1].reshape(len(chunk), W, -1)
+                    F.cross_entropy(logits, labels[chunk]).backward()
                     opt.step()
         return proto.detach()
 
