@@ -31,6 +31,7 @@ class DataConfig:
     image_size: int = 84
     transform: str = "deepemd"          # deepemd | plain | grayscale
     augment: bool = True                # train-time augmentation
+    gpu_augment: bool = False           # augment training batches on the device (deepemd transform)
     cache_images: bool = False          # decode every image once and keep it in memory
     workers: int = 0                    # DataLoader worker processes
 

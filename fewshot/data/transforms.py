@@ -6,20 +6,31 @@ from typing import Callable
 from torchvision import transforms as T
 
 from ..errors import ConfigError
+from .augment import BatchAugment
 
 # Normalisation used by DeepEMD / FEAT for miniImageNet, CUB and tieredImageNet.
 MEAN = (125.3 / 255.0, 123.0 / 255.0, 113.9 / 255.0)
 STD = (63.0 / 255.0, 62.1 / 255.0, 66.7 / 255.0)
 
 
-def build_transform(kind: str = "deepemd", image_size: int = 84, train: bool = False) -> Callable:
+def build_transform(kind: str = "deepemd", image_size: int = 84, train: bool = False,
+                    on_device: bool = False) -> Callable:
     """Return the transform for one split.
+
+    With ``on_device`` (train only; ``deepemd`` only) images are only decoded, to uint8
+    [C, image_size, image_size], and :func:`device_augment` augments whole batches on
+    the device.
 
     ``deepemd``: train = RandomResizedCrop(size) + horizontal flip; test = Resize to
     size * 92/84 then CentreCrop(size) (92 -> 84 at the default size); both normalised.
     ``plain``: Resize(size) + normalisation (no augmentation).
     ``grayscale``: single channel, Resize(size), values in [0, 1] (Omniglot).
     """
+    if on_device:
+        if kind != "deepemd" or not train:
+            raise ConfigError(f"data.gpu_augment applies to the training split of transform "
+                              f"'deepemd'; data.transform is {kind!r}")
+        return T.Compose([T.Resize([image_size, image_size]), T.PILToTensor()])
     if kind == "deepemd":
         normalize = T.Normalize(MEAN, STD)
         if train:
@@ -33,3 +44,8 @@ def build_transform(kind: str = "deepemd", image_size: int = 84, train: bool = F
     if kind == "grayscale":
         return T.Compose([T.Grayscale(1), T.Resize([image_size, image_size]), T.ToTensor()])
     raise ConfigError(f"data.transform: unknown transform {kind!r}; expected deepemd, plain or grayscale")
+
+
+def device_augment(image_size: int = 84) -> BatchAugment:
+    """The ``deepemd`` training augmentation for batches on the device (``data.gpu_augment``)."""
+    return BatchAugment(image_size, MEAN, STD)

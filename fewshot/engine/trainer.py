@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from ..config import Config, save_config
-from ..data import EpisodeSampler, ManifestSampler, build_dataset, build_transform
+from ..data import EpisodeSampler, ManifestSampler, build_dataset, build_transform, device_augment
 from ..data.datasets import ImageDataset
 from ..emd.hierarchy import load_class_tree
 from ..errors import ConfigError, FewShotError
@@ -76,7 +76,24 @@ def load_split(config: Config, split: str, train: bool) -> ImageDataset:
     ds = build_dataset(d.name, d.root, split, **d.options)
     if d.cache_images:
         ds.enable_cache()
-    return ds.with_transform(build_transform(d.transform, d.image_size, train=train and d.augment))
+    augment = train and d.augment
+    return ds.with_transform(build_transform(d.transform, d.image_size, train=augment,
+                                             on_device=augment and d.gpu_augment))
+
+
+def _device_augmenter(config: Config, rank: int, size: int) -> Callable:
+    """``augment(images, step)`` for training batches: the ``data.gpu_augment`` batch
+    augmentation (seeded by run.seed, step and process rank, so resuming repeats it) or,
+    when the loaders augment, the identity."""
+    d = config.data
+    if not (d.augment and d.gpu_augment):
+        return lambda images, step: images
+    batch_augment = device_augment(d.image_size)
+
+    def augment(images: torch.Tensor, step: int) -> torch.Tensor:
+        g = torch.Generator().manual_seed((config.run.seed * 1_000_003 + step) * size + rank)
+        return batch_augment(images, g)
+    return augment
 
 
 def build_model(config: Config) -> FewShotClassifier:
@@ -317,8 +334,11 @@ def pretrain(config: Config, resume: Optional[str] = None) -> str:
             raise ConfigError("pretrain.emd_loss_weight > 0 needs pretrain.class_tree (a JSON tree)")
         emd_loss = load_class_tree(p.class_tree, train_set.classes, p.emd_loss_rho).to(device)
 
+    augment = _device_augmenter(config, rank, size)
+
     def step_fn(batch):
         images, labels = batch[0].to(device, non_blocking=True), batch[1].to(device, non_blocking=True)
+        images = augment(images, stage.step)
         if channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         logits = net(images)
@@ -422,9 +442,12 @@ def meta_train(config: Config, resume: Optional[str] = None) -> str:
             batch_size=1, collate_fn=_first, num_workers=config.data.workers,
             pin_memory=device.type == "cuda")
 
+    augment = _device_augmenter(config, rank, size)
+
     def step_fn(episode):
         ep = episode.to(device)
-        support, query = ep.support_images, ep.query_images
+        images = augment(torch.cat([ep.support_images, ep.query_images]), stage.step)
+        support, query = images[:len(ep.support_images)], images[len(ep.support_images):]
         if channels_last:
             support = support.contiguous(memory_format=torch.channels_last)
             query = query.contiguous(memory_format=torch.channels_last)
