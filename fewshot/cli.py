@@ -102,6 +102,8 @@ def _eval(argv: Optional[List[str]]) -> int:
     parser.add_argument("--no-cache", action="store_true", help="encode images per episode")
     _common(parser)
     args = _parse(parser, argv)
+    import torch
+
     from .data import write_manifest
     from .engine import episode_sampler, evaluate, format_result, load_trained
     from .engine.checkpoint import atomic_write_text
@@ -122,8 +124,10 @@ def _eval(argv: Optional[List[str]]) -> int:
                            f"{ev.episodes_file!r}")
     print(f"evaluating {args.checkpoint}: {config.model.method}/{config.model.backbone}, "
           f"{n_way}-way {n_shot}-shot, {n_episodes} episodes of split {ev.split!r} on {device}")
+    if config.run.channels_last:
+        model.to(memory_format=torch.channels_last)
     result = evaluate(model, sampler, n_episodes, device, cache_features=not args.no_cache,
-                      progress=config.run.progress)
+                      progress=config.run.progress, channels_last=config.run.channels_last)
     info = getattr(model, "describe", lambda: {})()
     result.update({"checkpoint": args.checkpoint, "method": config.model.method,
                    "backbone": config.model.backbone, "dataset": config.data.name,

@@ -99,7 +99,7 @@ class RunConfig:
     device: str = "auto"                # auto | cpu | cuda | cuda:N
     out: str = "runs/default"
     amp: bool = False                   # mixed precision (CUDA only)
-    channels_last: bool = False         # channels-last memory format (CUDA only)
+    channels_last: bool = False         # channels-last memory format (convolutions; any device)
     max_steps: int = 0                  # stop a stage after this many optimisation steps (0 = no limit)
     log_every: int = 10
     checkpoint_every: int = 50          # steps between last.pt writes (and at every epoch end)

@@ -33,3 +33,4 @@ for way in 5 20; do
   done
 done
 grep -h "accuracy" "$R/eval.log" | tail -n 6
+echo "recipe wall time of this invocation: $SECONDS s" | tee -a "$R/times.txt"

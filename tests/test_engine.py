@@ -42,6 +42,11 @@ def test_pretrain_meta_eval_pipeline(folder_root, tmp_path, capsys):
     again = str(tmp_path / "again.json")
     assert eval_main(["--checkpoint", best, "--episodes-file", manifest, "--result", again]) == 0
     assert json.load(open(again))["accuracy"] == pytest.approx(result["accuracy"])
+    # channels-last memory format changes the layout, not the numbers
+    cl = str(tmp_path / "channels_last.json")
+    assert eval_main(["--checkpoint", best, "--episodes-file", manifest, "--result", cl,
+                      "run.channels_last=true"]) == 0
+    assert json.load(open(cl))["accuracy"] == pytest.approx(result["accuracy"])
 
 
 def test_resume_continues_exactly(folder_root, tmp_path):
@@ -105,10 +110,12 @@ def test_pretrain_with_ce_plus_tree_emd_loss(folder_root, tmp_path, write_json):
 
 def test_gpu_augment_trains_both_stages_and_resumes_exactly(folder_root, tmp_path):
     """data.gpu_augment: loaders hand over uint8 images, the trainer augments the batch on the
-    device with a generator seeded by the step, so an interrupted run resumes bit for bit."""
+    device with a generator seeded by the step, so an interrupted run resumes bit for bit
+    (here with channels-last convolutions on the CPU too)."""
     from fewshot.config import Config, from_dict
     from fewshot.engine.trainer import load_split
-    flags = ("data.transform=deepemd", "data.augment=true", "data.gpu_augment=true")
+    flags = ("data.transform=deepemd", "data.augment=true", "data.gpu_augment=true",
+             "run.channels_last=true")
     config = from_dict(Config, {"data": {"name": "folder", "root": folder_root, "image_size": 16,
                                          "gpu_augment": True}})
     image, _ = load_split(config, "train", train=True)[0]

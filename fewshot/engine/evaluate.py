@@ -16,18 +16,26 @@ Sampler = Union[EpisodeSampler, ManifestSampler]
 
 @torch.no_grad()
 def encode_images(model: FewShotClassifier, dataset, indices: List[int], device: torch.device,
-                  batch_size: int = 128, progress: bool = False) -> torch.Tensor:
-    """Encode ``dataset[i]`` for i in ``indices`` -> features [len(indices), ...] on ``device``."""
+                  batch_size: int = 128, progress: bool = False,
+                  channels_last: bool = False) -> torch.Tensor:
+    """Encode ``dataset[i]`` for i in ``indices`` -> features [len(indices), ...] on ``device``
+    (images in channels-last memory format with ``channels_last``)."""
     loader = torch.utils.data.DataLoader(torch.utils.data.Subset(dataset, indices),
                                          batch_size=batch_size, shuffle=False)
     parts = []
     for images, _ in tqdm(loader, desc="encode", disable=not progress, leave=False):
-        parts.append(model.encode(images.to(device)))
+        parts.append(model.encode(_placed(images, device, channels_last)))
     return torch.cat(parts)
 
 
+def _placed(images: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Tensor:
+    images = images.to(device)
+    return images.contiguous(memory_format=torch.channels_last) if channels_last else images
+
+
 def evaluate(model: FewShotClassifier, sampler: Sampler, n_episodes: int, device: torch.device,
-             cache_features: bool = True, progress: bool = False) -> Dict[str, float]:
+             cache_features: bool = True, progress: bool = False,
+             channels_last: bool = False) -> Dict[str, float]:
     """Accuracy over episodes ``0 .. n_episodes - 1`` of ``sampler``.
 
     With ``cache_features`` (and a method whose eval-mode encoding is deterministic),
@@ -45,7 +53,8 @@ def evaluate(model: FewShotClassifier, sampler: Sampler, n_episodes: int, device
         indices = [sampler.indices(i) for i in range(n_episodes)]
         distinct = sorted({j for ep in indices for j in ep.support + ep.query})
         position = {j: p for p, j in enumerate(distinct)}
-        features = encode_images(model, sampler.dataset, distinct, device, progress=progress)
+        features = encode_images(model, sampler.dataset, distinct, device, progress=progress,
+                                 channels_last=channels_last)
         encode_seconds = time.perf_counter() - start
         for ep in tqdm(indices, desc="episodes", disable=not progress, leave=False):
             s = features[[position[j] for j in ep.support]]
@@ -58,8 +67,8 @@ def evaluate(model: FewShotClassifier, sampler: Sampler, n_episodes: int, device
         for i in tqdm(range(n_episodes), desc="episodes", disable=not progress, leave=False):
             ep = sampler.episode(i).to(device)
             with torch.no_grad():
-                s = model.encode(ep.support_images)
-                q = model.encode(ep.query_images)
+                s = model.encode(_placed(ep.support_images, device, channels_last))
+                q = model.encode(_placed(ep.query_images, device, channels_last))
             model.fit_support(s, ep.support_labels)
             with torch.no_grad():
                 pred = model.score(q).argmax(1)

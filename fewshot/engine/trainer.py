@@ -289,7 +289,8 @@ def _validator(config: Config, model: FewShotClassifier, device: torch.device, n
                n_way: int, n_shot: int):
     sampler = episode_sampler(config, config.data.val_split, n_way, n_shot, config.eval.n_query,
                               seed=config.eval.seed)
-    return lambda: evaluate(model, sampler, n_episodes, device, progress=False)
+    return lambda: evaluate(model, sampler, n_episodes, device, progress=False,
+                            channels_last=config.run.channels_last)
 
 
 def pretrain(config: Config, resume: Optional[str] = None) -> str:
@@ -315,7 +316,7 @@ def pretrain(config: Config, resume: Optional[str] = None) -> str:
     if p.batch_size % size:
         raise ConfigError(f"pretrain.batch_size {p.batch_size} is not divisible by the {size} processes")
     net = ddp.wrap(_Classifier(model.backbone, head), device)
-    channels_last = config.run.channels_last and device.type == "cuda"
+    channels_last = config.run.channels_last
     if channels_last:
         net.to(memory_format=torch.channels_last)
 
@@ -432,7 +433,7 @@ def meta_train(config: Config, resume: Optional[str] = None) -> str:
     if steps_per_epoch == 0:
         raise ConfigError(f"meta.episodes_per_epoch {m.episodes_per_epoch} is below the {size} processes")
     net = ddp.wrap(_Episodic(model), device)
-    channels_last = config.run.channels_last and device.type == "cuda"
+    channels_last = config.run.channels_last
     if channels_last:
         net.to(memory_format=torch.channels_last)
 
