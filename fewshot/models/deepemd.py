@@ -109,6 +109,8 @@ class DeepEMD(FewShotClassifier):
             size, SGD settings).
         sfc_seed: seed of the support-set shuffling in SFC (the same for every episode,
             so an episode's result does not depend on which episodes ran before it).
+        sfc_warm_start: start each SFC step's EMD problems from the potentials of the
+            previous step (solvers for which ``emd.warm_starts`` holds, e.g. sinkhorn).
     """
 
     def __init__(self, backbone: Backbone, patch: str = "fcn", pyramid: Sequence[int] = (),
@@ -119,7 +121,7 @@ class DeepEMD(FewShotClassifier):
                  temperature: float = 12.5, metric: str = "cosine", center: bool = True,
                  sfc_steps: int = 100, sfc_batch: int = 4, sfc_lr: float = 0.1,
                  sfc_momentum: float = 0.9, sfc_dampening: float = 0.9,
-                 sfc_weight_decay: float = 0.0, sfc_seed: int = 0):
+                 sfc_weight_decay: float = 0.0, sfc_seed: int = 0, sfc_warm_start: bool = True):
         super().__init__(backbone)
         if patch not in PATCHES:
             raise ConfigError(f"model.options.patch must be one of {PATCHES}, got {patch!r}")
@@ -137,7 +139,8 @@ class DeepEMD(FewShotClassifier):
                                         else (self.solver_options if not eval_solver else {}))
         self.temperature, self.metric, self.center = temperature, metric, center
         self.sfc = dict(steps=sfc_steps, batch=sfc_batch, lr=sfc_lr, momentum=sfc_momentum,
-                        dampening=sfc_dampening, weight_decay=sfc_weight_decay, seed=sfc_seed)
+                        dampening=sfc_dampening, weight_decay=sfc_weight_decay, seed=sfc_seed,
+                        warm_start=sfc_warm_start)
         self.prototypes: Optional[torch.Tensor] = None
 
     # ------------------------------------------------------------------ nodes
@@ -217,7 +220,7 @@ class DeepEMD(FewShotClassifier):
         n, W = feats.shape[0], proto.shape[0]
         solver, options = self._layer()
         potentials = None
-        if emd.warm_starts(solver):
+        if s["warm_start"] and emd.warm_starts(solver):
             potentials = (feats.new_zeros(n, W, feats.shape[2]), feats.new_zeros(n, W, proto.shape[2]))
         gen = torch.Generator().manual_seed(s["seed"])
         with torch.enable_grad():
