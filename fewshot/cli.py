@@ -70,6 +70,10 @@ def _train(argv: Optional[List[str]]) -> int:
     parser.add_argument("--max-steps", type=int, help="stop each stage after N optimisation steps")
     _common(parser)
     args = _parse(parser, argv)
+    if args.resume and "=" in args.resume and not os.path.isfile(args.resume):
+        raise FewShotError(f"--resume {args.resume!r}: --resume takes an optional checkpoint path, "
+                           f"and this looks like a key=value override; put overrides before "
+                           f"--resume or name the checkpoint after it")
     overrides = _flag_overrides(args, {
         "data_root": "data.root", "way": "episode.n_way", "shot": "episode.n_shot",
         "query": "episode.n_query", "seed": "run.seed", "device": "run.device", "out": "run.out",

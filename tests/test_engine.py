@@ -72,6 +72,8 @@ def test_cli_errors_are_one_paragraph(tmp_path, capsys):
     assert "'nope'" in capsys.readouterr().err
     assert eval_main(["--checkpoint", str(tmp_path / "missing.pt")]) == 2
     assert "missing.pt" in capsys.readouterr().err
+    assert train_main(["--resume", "run.seed=3"]) == 2      # an override swallowed by --resume
+    assert "put overrides before --resume" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("solver", ["exact", "sinkhorn", "qpth", "cvxpylayers", "tree", "chain", "learned"])
