@@ -81,13 +81,13 @@ def load_split(config: Config, split: str, train: bool) -> ImageDataset:
                                              on_device=augment and d.gpu_augment))
 
 
-def _device_augmenter(config: Config, rank: int, size: int) -> Callable:
+def _device_augmenter(config: Config, rank: int, size: int) -> Optional[Callable]:
     """``augment(images, step)`` for training batches: the ``data.gpu_augment`` batch
-    augmentation (seeded by run.seed, step and process rank, so resuming repeats it) or,
-    when the loaders augment, the identity."""
+    augmentation (seeded by run.seed, step and process rank, so resuming repeats it), or
+    None when the loaders augment."""
     d = config.data
     if not (d.augment and d.gpu_augment):
-        return lambda images, step: images
+        return None
     batch_augment = device_augment(d.image_size)
 
     def augment(images: torch.Tensor, step: int) -> torch.Tensor:
@@ -339,7 +339,8 @@ def pretrain(config: Config, resume: Optional[str] = None) -> str:
 
     def step_fn(batch):
         images, labels = batch[0].to(device, non_blocking=True), batch[1].to(device, non_blocking=True)
-        images = augment(images, stage.step)
+        if augment is not None:
+            images = augment(images, stage.step)
         if channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         logits = net(images)
@@ -447,8 +448,10 @@ def meta_train(config: Config, resume: Optional[str] = None) -> str:
 
     def step_fn(episode):
         ep = episode.to(device)
-        images = augment(torch.cat([ep.support_images, ep.query_images]), stage.step)
-        support, query = images[:len(ep.support_images)], images[len(ep.support_images):]
+        support, query = ep.support_images, ep.query_images
+        if augment is not None:
+            images = augment(torch.cat([support, query]), stage.step)
+            support, query = images[:len(support)], images[len(support):]
         if channels_last:
             support = support.contiguous(memory_format=torch.channels_last)
             query = query.contiguous(memory_format=torch.channels_last)
