@@ -7,16 +7,18 @@ stable down to epsilon = 1e-3 on costs of order 1; optional epsilon scaling star
 at the largest cost and shrinks by ``epsilon_scaling`` per stage, warm-starting the
 potentials. ``init`` = (f [B, M], g [B, N]) warm-starts the iterations from given
 potentials (e.g. those of a nearby problem solved a step earlier) at the target epsilon,
-which reaches the same fixed point in far fewer iterations. ``value`` is the transport cost <P, cost> (which tends to the EMD as
-epsilon -> 0); ``info`` reports per problem the L1 marginal error relative to the
-mass, whether it reached ``tol`` and the iteration count.
+which reaches the same fixed point in far fewer iterations. ``value`` is the transport
+cost <P, cost> (which tends to the EMD as epsilon -> 0); ``info`` reports per problem the
+L1 marginal error relative to the mass, whether it reached ``tol`` and the iteration count.
 
 Differentiation (``gradient``):
   * ``"implicit"`` (default): exact derivative of <P, cost> at the Sinkhorn fixed
-    point by the implicit-function theorem: one dense (M + N - 1) linear solve per
-    problem, no stored iterations. With z solving H z = [(P * cost) 1; (P * cost)^T 1],
-    H = [[diag(a), P], [P^T, diag(b)]] (by pseudo-inverse: H is singular along the gauge
-    (1, -1) and, where entries of P underflow, between disconnected blocks): d value / d cost = P * (1 + (z_f + z_g - cost) / epsilon),
+    point by the implicit-function theorem: one dense (M + N) x (M + N) symmetric
+    eigendecomposition per problem, no stored iterations. With z solving
+    H z = [(P * cost) 1; (P * cost)^T 1], H = [[diag(a), P], [P^T, diag(b)]] (by
+    pseudo-inverse: H is singular along the gauge (1, -1) and, where entries of P
+    underflow, between disconnected blocks):
+    d value / d cost = P * (1 + (z_f + z_g - cost) / epsilon),
     d value / d a = z_f, d value / d b = z_g (centred).
   * ``"unrolled"``: autograd through every iteration (memory grows with iterations).
 """
