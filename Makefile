@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip --disable-pip-version-check -q
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test test-all bench bench-episodes recipe-mini-conv4 recipe-omniglot reproduce-mini clean-venv
+.PHONY: install demo test test-all bench bench-episodes recipe-mini-cpu recipe-omniglot reproduce-mini clean-venv
 
 # Data roots and output folder of the recipes (override: make recipe-omniglot OMNIGLOT=/data/omniglot)
 MINI     ?= data/miniimagenet
@@ -44,8 +44,8 @@ bench-episodes: install
 	$(PY) benchmarks/episodes.py --backbone resnet12 --shots 1 5 --episodes 600
 
 # CPU-scale recipes (README "Results"); each step is skipped when its output exists.
-recipe-mini-conv4: install
-	bash scripts/recipe_miniimagenet_conv4.sh $(MINI) $(RUNS)/mini_conv4
+recipe-mini-cpu: install
+	bash scripts/recipe_miniimagenet_cpu.sh $(MINI) $(RUNS)/mini_cpu
 
 recipe-omniglot: install
 	bash scripts/recipe_omniglot.sh $(OMNIGLOT) $(RUNS)/omniglot

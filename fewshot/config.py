@@ -31,6 +31,7 @@ class DataConfig:
     image_size: int = 84
     transform: str = "deepemd"          # deepemd | plain | grayscale
     augment: bool = True                # train-time augmentation
+    crop_scale: List[float] = field(default_factory=lambda: [0.08, 1.0])  # RandomResizedCrop area range
     gpu_augment: bool = False           # augment training batches on the device (deepemd transform)
     cache_images: bool = False          # decode every image once and keep it in memory
     workers: int = 0                    # DataLoader worker processes
@@ -59,8 +60,15 @@ class PretrainConfig:
     momentum: float = 0.9
     nesterov: bool = True
     weight_decay: float = 5e-4
-    step_size: int = 30                 # epochs between learning-rate decays
+    schedule: str = "step"              # step (x gamma every step_size epochs) | cosine (to 0)
+    step_size: int = 30                 # epochs between learning-rate decays (schedule step)
     gamma: float = 0.2
+    warmup_epochs: float = 0.0          # linear learning-rate warm-up, in (fractional) epochs
+    label_smoothing: float = 0.0        # cross-entropy label smoothing
+    head: str = "linear"                # linear | cosine (scaled cosine-similarity classifier)
+    head_scale: float = 10.0            # logit scale of the cosine head
+    size_schedule: List[Any] = field(default_factory=list)  # [[epoch, size], ...] progressive
+                                        # resizing; the last size must be data.image_size
     val_episodes: int = 200             # fixed 5-way 1-shot validation episodes per check
     val_every: int = 1                  # epochs between validations
     class_tree: str = ""                # JSON {"nodes": [...], "parents": [...], "lengths": [...]}
@@ -76,8 +84,10 @@ class MetaConfig:
     momentum: float = 0.9
     nesterov: bool = True
     weight_decay: float = 5e-4
+    schedule: str = "step"              # step | cosine, as in pretrain
     step_size: int = 10
     gamma: float = 0.5
+    warmup_epochs: float = 0.0
     val_episodes: int = 1000
     val_every: int = 1
     pretrained: str = ""                # checkpoint of the pretrain stage ("" = from scratch)
@@ -245,7 +255,62 @@ def load_config(path: Optional[str] = None, overrides: Optional[List[Any]] = Non
         raise ConfigError(str(e)) from None
     for item in overrides or []:
         data = merge(data, parse_override(item) if isinstance(item, str) else item)
-    return from_dict(Config, data, "config")
+    config = from_dict(Config, data, "config")
+    check(config)
+    return config
+
+
+def size_schedule(pretrain: PretrainConfig, image_size: int) -> List[List[int]]:
+    """``pretrain.size_schedule`` checked: [[first_epoch, size], ...] with first epochs
+    0, increasing, sizes >= 16 and the last size ``image_size`` (evaluation sees the
+    standard resolution); [] when not set."""
+    sched = pretrain.size_schedule
+    if not sched:
+        return []
+    where = "pretrain.size_schedule"
+    pairs = []
+    for item in sched:
+        if (not isinstance(item, (list, tuple)) or len(item) != 2
+                or not all(isinstance(v, int) and not isinstance(v, bool) for v in item)):
+            raise ConfigError(f"{where}: expected a list of [epoch, size] integer pairs, got {item!r}")
+        pairs.append([int(item[0]), int(item[1])])
+    epochs = [e for e, _ in pairs]
+    if epochs[0] != 0 or any(b <= a for a, b in zip(epochs, epochs[1:])):
+        raise ConfigError(f"{where}: epochs must start at 0 and increase, got {epochs}")
+    if epochs[-1] >= pretrain.epochs:
+        raise ConfigError(f"{where}: phase at epoch {epochs[-1]} starts after the last epoch "
+                          f"(pretrain.epochs {pretrain.epochs})")
+    if any(size < 16 for _, size in pairs):
+        raise ConfigError(f"{where}: sizes must be at least 16 pixels, got {[s for _, s in pairs]}")
+    if pairs[-1][1] != image_size:
+        raise ConfigError(f"{where}: the last phase must train at data.image_size ({image_size}) "
+                          f"so that evaluation sees the training resolution, got {pairs[-1][1]}")
+    return pairs
+
+
+def check(config: Config) -> None:
+    """Range checks of the training-schedule keys (ConfigError naming the key)."""
+    for name in ("pretrain", "meta"):
+        stage = getattr(config, name)
+        if stage.schedule not in ("step", "cosine"):
+            raise ConfigError(f"{name}.schedule: {stage.schedule!r} is not one of step, cosine")
+        if not stage.warmup_epochs >= 0:
+            raise ConfigError(f"{name}.warmup_epochs: expected >= 0, got {stage.warmup_epochs}")
+        if not stage.lr > 0:
+            raise ConfigError(f"{name}.lr: expected > 0, got {stage.lr}")
+    scale = config.data.crop_scale
+    if (len(scale) != 2 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in scale)
+            or not 0 < scale[0] <= scale[1] <= 1):
+        raise ConfigError(f"data.crop_scale: expected [min, max] area fractions with "
+                          f"0 < min <= max <= 1, got {scale!r}")
+    p = config.pretrain
+    if p.head not in ("linear", "cosine"):
+        raise ConfigError(f"pretrain.head: {p.head!r} is not one of linear, cosine")
+    if not p.head_scale > 0:
+        raise ConfigError(f"pretrain.head_scale: expected > 0, got {p.head_scale}")
+    if not 0 <= p.label_smoothing < 1:
+        raise ConfigError(f"pretrain.label_smoothing: expected in [0, 1), got {p.label_smoothing}")
+    size_schedule(p, config.data.image_size)
 
 
 def save_config(config: Config, path: str) -> None:

@@ -19,7 +19,7 @@ numbers per image), so a seed gives the same augmentation on every device.
 from __future__ import annotations
 
 import math
-from typing import Sequence, Tuple
+from typing import Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -92,8 +92,9 @@ class BatchAugment:
         scale, ratio: as in ``torchvision.transforms.RandomResizedCrop``.
         flip: mirror each image with probability 1/2.
 
-    ``augment(images, generator)``: images uint8 (or float in 0..255) [B, C, H, W] on any
-    device -> float32 [B, C, size, size] on that device.
+    ``augment(images, generator, size=None)``: images uint8 (or float in 0..255)
+    [B, C, H, W] on any device -> float32 [B, C, s, s] on that device, s = ``size`` or the
+    constructor's (progressive resizing draws the same boxes at any output size).
     """
 
     def __init__(self, size: int, mean: Sequence[float], std: Sequence[float],
@@ -105,14 +106,15 @@ class BatchAugment:
         self.mean = torch.tensor(mean, dtype=torch.float32)
         self.std = torch.tensor(std, dtype=torch.float32)
 
-    def __call__(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    def __call__(self, images: torch.Tensor, generator: torch.Generator,
+                 size: Optional[int] = None) -> torch.Tensor:
         if images.dim() != 4 or images.shape[1] != len(self.mean):
             raise ValueError(f"images must have shape [B, {len(self.mean)}, H, W], "
                              f"got {tuple(images.shape)}")
         B, _, H, W = images.shape
         boxes = sample_boxes(B, H, W, generator, self.scale, self.ratio)
         flip = (torch.rand(B, generator=generator) < 0.5) if self.flip else torch.zeros(B, dtype=torch.bool)
-        out = resized_crops(images, boxes, self.size, flip)
+        out = resized_crops(images, boxes, size or self.size, flip)
         mean = self.mean.to(out.device)[:, None, None] * 255
         std = self.std.to(out.device)[:, None, None] * 255
         return (out - mean) / std

@@ -1,7 +1,7 @@
 """torchvision transforms; the DeepEMD recipe is the default for natural images."""
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Tuple
 
 from torchvision import transforms as T
 
@@ -14,14 +14,14 @@ STD = (63.0 / 255.0, 62.1 / 255.0, 66.7 / 255.0)
 
 
 def build_transform(kind: str = "deepemd", image_size: int = 84, train: bool = False,
-                    on_device: bool = False) -> Callable:
+                    on_device: bool = False, crop_scale: Tuple[float, float] = (0.08, 1.0)) -> Callable:
     """Return the transform for one split.
 
     With ``on_device`` (train only; ``deepemd`` only) images are only decoded, to uint8
     [C, image_size, image_size], and :func:`device_augment` augments whole batches on
     the device.
 
-    ``deepemd``: train = RandomResizedCrop(size) + horizontal flip; test = Resize to
+    ``deepemd``: train = RandomResizedCrop(size, scale=crop_scale) + horizontal flip; test = Resize to
     size * 92/84 then CentreCrop(size) (92 -> 84 at the default size); both normalised.
     ``plain``: Resize(size) + normalisation (no augmentation).
     ``grayscale``: single channel, Resize(size), values in [0, 1] (Omniglot).
@@ -34,7 +34,7 @@ def build_transform(kind: str = "deepemd", image_size: int = 84, train: bool = F
     if kind == "deepemd":
         normalize = T.Normalize(MEAN, STD)
         if train:
-            return T.Compose([T.RandomResizedCrop(image_size), T.RandomHorizontalFlip(),
+            return T.Compose([T.RandomResizedCrop(image_size, scale=tuple(crop_scale)), T.RandomHorizontalFlip(),
                               T.ToTensor(), normalize])
         resize = round(image_size * 92 / 84)
         return T.Compose([T.Resize([resize, resize]), T.CenterCrop(image_size),
@@ -46,6 +46,6 @@ def build_transform(kind: str = "deepemd", image_size: int = 84, train: bool = F
     raise ConfigError(f"data.transform: unknown transform {kind!r}; expected deepemd, plain or grayscale")
 
 
-def device_augment(image_size: int = 84) -> BatchAugment:
+def device_augment(image_size: int = 84, crop_scale: Tuple[float, float] = (0.08, 1.0)) -> BatchAugment:
     """The ``deepemd`` training augmentation for batches on the device (``data.gpu_augment``)."""
-    return BatchAugment(image_size, MEAN, STD)
+    return BatchAugment(image_size, MEAN, STD, scale=tuple(crop_scale))

@@ -5,6 +5,7 @@ episodes are functions of (seed, step), and the RNG states travel in the checkpo
 """
 from __future__ import annotations
 
+import math
 import os
 import random
 import time
@@ -17,12 +18,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from ..config import Config, save_config
+from ..config import Config, save_config, size_schedule
 from ..data import EpisodeSampler, ManifestSampler, build_dataset, build_transform, device_augment
 from ..data.datasets import ImageDataset
 from ..emd.hierarchy import load_class_tree
 from ..errors import ConfigError, FewShotError
-from ..models import FewShotClassifier, create_model
+from ..models import CosineClassifier, FewShotClassifier, create_model
 from . import _distributed as ddp
 from .checkpoint import load_checkpoint, save_checkpoint
 from .evaluate import evaluate, format_result
@@ -78,22 +79,32 @@ def load_split(config: Config, split: str, train: bool) -> ImageDataset:
         ds.enable_cache()
     augment = train and d.augment
     return ds.with_transform(build_transform(d.transform, d.image_size, train=augment,
-                                             on_device=augment and d.gpu_augment))
+                                             on_device=augment and d.gpu_augment,
+                                             crop_scale=d.crop_scale))
 
 
-def _device_augmenter(config: Config, rank: int, size: int) -> Optional[Callable]:
-    """``augment(images, step)`` for training batches: the ``data.gpu_augment`` batch
-    augmentation (seeded by run.seed, step and process rank, so resuming repeats it), or
-    None when the loaders augment."""
+def _device_augmenter(config: Config, rank: int, world: int) -> Optional[Callable]:
+    """``augment(images, step, size=None)`` for training batches: the ``data.gpu_augment``
+    batch augmentation (seeded by run.seed, step and process rank, so resuming repeats it;
+    output side ``size``, default data.image_size), or None when the loaders augment."""
     d = config.data
     if not (d.augment and d.gpu_augment):
         return None
-    batch_augment = device_augment(d.image_size)
+    batch_augment = device_augment(d.image_size, d.crop_scale)
 
-    def augment(images: torch.Tensor, step: int) -> torch.Tensor:
-        g = torch.Generator().manual_seed((config.run.seed * 1_000_003 + step) * size + rank)
-        return batch_augment(images, g)
+    def augment(images: torch.Tensor, step: int, size: Optional[int] = None) -> torch.Tensor:
+        g = torch.Generator().manual_seed((config.run.seed * 1_000_003 + step) * world + rank)
+        return batch_augment(images, g, size=size)
     return augment
+
+
+def _size_at(sizes, epoch: int) -> Optional[int]:
+    """Training image size of ``epoch`` under a checked size schedule (None: data.image_size)."""
+    current = None
+    for first, size in sizes:
+        if epoch >= first:
+            current = size
+    return current
 
 
 def build_model(config: Config) -> FewShotClassifier:
@@ -166,6 +177,29 @@ def _sgd(params: Iterable, lr: float, momentum: float, nesterov: bool, weight_de
                            weight_decay=weight_decay)
 
 
+def lr_factor(step: int, steps_per_epoch: int, epochs: int, schedule: str, step_size: int,
+              gamma: float, warmup_epochs: float) -> float:
+    """Learning-rate multiplier before optimisation step ``step`` (0-based).
+
+    ``step``: gamma ** (epoch // step_size), constant within an epoch; ``cosine``:
+    0.5 * (1 + cos(pi * t)) with t the fraction of all steps done, decaying to 0 at the
+    end. Both are multiplied by a linear warm-up over the first ``warmup_epochs``."""
+    if schedule == "cosine":
+        factor = 0.5 * (1 + math.cos(math.pi * step / max(1, epochs * steps_per_epoch)))
+    else:
+        factor = gamma ** ((step // steps_per_epoch) // step_size)
+    warm = warmup_epochs * steps_per_epoch
+    if warm > 0 and step < warm:
+        factor *= (step + 1) / warm
+    return factor
+
+
+def _scheduler(optimizer: torch.optim.Optimizer, cfg, steps_per_epoch: int):
+    """The per-step schedule of a stage config (pretrain or meta), as a LambdaLR."""
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(
+        step, steps_per_epoch, cfg.epochs, cfg.schedule, cfg.step_size, cfg.gamma, cfg.warmup_epochs))
+
+
 def _run_epochs(stage: _Stage, epochs: int, steps_per_epoch: int,
                 batches: Callable[[int, int], Iterable], step_fn: Callable,
                 validate: Callable[[], Dict[str, float]], unit: str, val_every: int) -> None:
@@ -232,6 +266,7 @@ def _run_epochs(stage: _Stage, epochs: int, steps_per_epoch: int,
             scaler.scale(loss).backward()
             scaler.step(stage.optimizer)
             scaler.update()
+            stage.scheduler.step()
             stage.step += 1
             bar.update(1)
             toc = time.perf_counter()
@@ -247,7 +282,6 @@ def _run_epochs(stage: _Stage, epochs: int, steps_per_epoch: int,
         if stopped:
             break
         stage.epoch += 1
-        stage.scheduler.step()
         if stage.epoch % max(1, val_every) == 0 or stage.epoch == epochs:
             check_val()
         save(last_path)
@@ -299,18 +333,26 @@ def pretrain(config: Config, resume: Optional[str] = None) -> str:
     train_set = load_split(config, config.data.train_split, train=True)  # data errors first
     folder, device = _prepare(config, "pretrain")
     model = build_model(config).to(device)
-    head = nn.Linear(model.backbone.num_channels, len(train_set.classes)).to(device)
-    optimizer = _sgd(list(model.parameters()) + list(head.parameters()), p.lr, p.momentum,
-                     p.nesterov, p.weight_decay)
-    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=p.step_size, gamma=p.gamma)
-    stage = _Stage("pretrain", config, model, {"head": head}, optimizer, scheduler, folder, device)
-    path = _resume_path(folder, resume)
-    if path:
-        stage.restore(path)
     steps_per_epoch = len(train_set) // p.batch_size
     if steps_per_epoch == 0:
         raise ConfigError(f"pretrain.batch_size {p.batch_size} exceeds the {len(train_set)} "
                           f"training images")
+    sizes = size_schedule(p, config.data.image_size)
+    if sizes and not (config.data.augment and config.data.gpu_augment):
+        raise ConfigError("pretrain.size_schedule resizes the batch augmentation: it needs "
+                          "data.augment=true and data.gpu_augment=true")
+    n_classes = len(train_set.classes)
+    if p.head == "cosine":
+        head = CosineClassifier(model.backbone.num_channels, n_classes, p.head_scale).to(device)
+    else:
+        head = nn.Linear(model.backbone.num_channels, n_classes).to(device)
+    optimizer = _sgd(list(model.parameters()) + list(head.parameters()), p.lr, p.momentum,
+                     p.nesterov, p.weight_decay)
+    scheduler = _scheduler(optimizer, p, steps_per_epoch)
+    stage = _Stage("pretrain", config, model, {"head": head}, optimizer, scheduler, folder, device)
+    path = _resume_path(folder, resume)
+    if path:
+        stage.restore(path)
 
     rank, size = ddp.world()
     if p.batch_size % size:
@@ -320,7 +362,12 @@ def pretrain(config: Config, resume: Optional[str] = None) -> str:
     if channels_last:
         net.to(memory_format=torch.channels_last)
 
+    logged_size = [None]
+
     def batches(epoch: int, offset: int):
+        if sizes and _size_at(sizes, epoch) != logged_size[0]:
+            logged_size[0] = _size_at(sizes, epoch)
+            log(f"[pretrain] from epoch {epoch}: training images of {logged_size[0]} px")
         g = torch.Generator().manual_seed(config.run.seed * 100_003 + epoch)
         order = torch.randperm(len(train_set), generator=g)[offset * p.batch_size:][rank::size].tolist()
         return torch.utils.data.DataLoader(torch.utils.data.Subset(train_set, order),
@@ -340,11 +387,11 @@ def pretrain(config: Config, resume: Optional[str] = None) -> str:
     def step_fn(batch):
         images, labels = batch[0].to(device, non_blocking=True), batch[1].to(device, non_blocking=True)
         if augment is not None:
-            images = augment(images, stage.step)
+            images = augment(images, stage.step, size=_size_at(sizes, stage.epoch))
         if channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         logits = net(images)
-        loss = F.cross_entropy(logits, labels)
+        loss = F.cross_entropy(logits, labels, label_smoothing=p.label_smoothing)
         if emd_loss is not None:
             loss = loss + p.emd_loss_weight * emd_loss(logits.float(), labels)
         return loss, (logits.argmax(1) == labels).float().mean().item() * 100, len(labels) * size
@@ -423,16 +470,16 @@ def meta_train(config: Config, resume: Optional[str] = None) -> str:
         log(f"[meta] backbone initialised from {m.pretrained}")
     else:
         log("[meta] no meta.pretrained checkpoint given: training from scratch")
-    optimizer = _sgd(model.parameters(), m.lr, m.momentum, m.nesterov, m.weight_decay)
-    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=m.step_size, gamma=m.gamma)
-    stage = _Stage("meta", config, model, {}, optimizer, scheduler, folder, device)
-    path = _resume_path(folder, resume)
-    if path:
-        stage.restore(path)
     rank, size = ddp.world()
     steps_per_epoch = m.episodes_per_epoch // size
     if steps_per_epoch == 0:
         raise ConfigError(f"meta.episodes_per_epoch {m.episodes_per_epoch} is below the {size} processes")
+    optimizer = _sgd(model.parameters(), m.lr, m.momentum, m.nesterov, m.weight_decay)
+    scheduler = _scheduler(optimizer, m, steps_per_epoch)
+    stage = _Stage("meta", config, model, {}, optimizer, scheduler, folder, device)
+    path = _resume_path(folder, resume)
+    if path:
+        stage.restore(path)
     net = ddp.wrap(_Episodic(model), device)
     channels_last = config.run.channels_last
     if channels_last:

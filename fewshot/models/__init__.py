@@ -1,9 +1,9 @@
 """Backbones and few-shot methods, created by name from config."""
 from .backbones import BACKBONES, Backbone, Conv4, ResNet12, backbones, create_backbone
-from .classifier import METHODS, FewShotClassifier, ProtoNet, class_means, methods
+from .classifier import METHODS, CosineClassifier, FewShotClassifier, ProtoNet, class_means, methods
 
 __all__ = ["BACKBONES", "Backbone", "Conv4", "ResNet12", "backbones", "create_backbone",
-           "METHODS", "FewShotClassifier", "ProtoNet", "class_means", "methods", "create_model"]
+           "METHODS", "CosineClassifier", "FewShotClassifier", "ProtoNet", "class_means", "methods", "create_model"]
 
 
 def create_model(method: str, backbone: str, backbone_options: dict = None,

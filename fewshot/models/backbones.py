@@ -53,10 +53,11 @@ class Conv4(Backbone):
                              f"got {pool_blocks}")
         layers = []
         for i in range(num_blocks):
+            # max-pool before ReLU: the same function and gradients (the two commute), with
+            # ReLU and its backward on a quarter of the values
+            pool = [nn.MaxPool2d(2)] if i < pool_blocks else []
             layers += [nn.Conv2d(in_channels if i == 0 else hidden, hidden, 3, padding=1, bias=False),
-                       nn.BatchNorm2d(hidden), nn.ReLU(inplace=True)]
-            if i < pool_blocks:
-                layers.append(nn.MaxPool2d(2))
+                       nn.BatchNorm2d(hidden), *pool, nn.ReLU(inplace=True)]
         self.encoder = nn.Sequential(*layers)
         self.num_channels = hidden
 

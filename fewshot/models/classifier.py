@@ -15,6 +15,7 @@ from typing import List
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from ..registry import Registry
 from .backbones import Backbone
@@ -92,3 +93,16 @@ class ProtoNet(FewShotClassifier):
 
     def score(self, query_features: torch.Tensor) -> torch.Tensor:
         return -torch.cdist(query_features, self.prototypes).pow(2)
+
+
+class CosineClassifier(nn.Module):
+    """Scaled cosine-similarity head (Gidaris & Komodakis 2018; Chen et al. 2019's
+    Baseline++): logits [B, n_classes] = scale * cos(features [B, C], class weights)."""
+
+    def __init__(self, in_features: int, n_classes: int, scale: float = 10.0):
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(n_classes, in_features) / in_features ** 0.5)
+        self.scale = scale
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.scale * F.linear(F.normalize(features, dim=1), F.normalize(self.weight, dim=1))
