@@ -1,0 +1,177 @@
+"""The time-to-accuracy pieces of the CPU recipe: schedules, cosine head, progressive
+resizing, the allocator setting, the Conv-4 layer order, and a smoke run of the recipe."""
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from fewshot.config import load_config
+from fewshot.data import BatchAugment
+from fewshot.data.augment import resized_crops, sample_boxes
+from fewshot.engine.trainer import lr_factor
+from fewshot.errors import ConfigError
+from fewshot.models import Conv4, CosineClassifier
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_step_schedule_equals_torch_steplr():
+    """The per-step 'step' schedule gives StepLR's per-epoch rates at every step."""
+    opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.1)
+    steplr = torch.optim.lr_scheduler.StepLR(opt, step_size=3, gamma=0.2)
+    steps_per_epoch = 7
+    for epoch in range(10):
+        for j in range(steps_per_epoch):
+            step = epoch * steps_per_epoch + j
+            assert 0.1 * lr_factor(step, steps_per_epoch, 10, "step", 3, 0.2, 0.0) == pytest.approx(
+                opt.param_groups[0]["lr"], rel=1e-12)
+        opt.step()
+        steplr.step()
+
+
+def test_cosine_schedule_with_warmup_golden_values():
+    spe, epochs = 10, 5                                     # 50 steps, warm-up 1 epoch = 10 steps
+    f = lambda s: lr_factor(s, spe, epochs, "cosine", 1, 1.0, 1.0)  # noqa: E731
+    assert f(0) == pytest.approx(0.1 * 0.5 * (1 + math.cos(0)))      # (0+1)/10 of the cosine
+    assert f(9) == pytest.approx(1.0 * 0.5 * (1 + math.cos(math.pi * 9 / 50)))
+    assert f(25) == pytest.approx(0.5)                      # half-way: cos(pi/2) = 0
+    assert f(49) == pytest.approx(0.5 * (1 + math.cos(math.pi * 49 / 50)))
+    assert all(f(s) > f(s + 1) for s in range(10, 49))      # decays after the warm-up
+
+
+def test_cosine_classifier_is_scaled_cosine():
+    head = CosineClassifier(6, 4, scale=7.0)
+    x = torch.randn(3, 6)
+    expected = 7.0 * torch.stack([torch.stack([F.cosine_similarity(x[i], head.weight[c], dim=0)
+                                               for c in range(4)]) for i in range(3)])
+    torch.testing.assert_close(head(x), expected)
+    torch.testing.assert_close(head(5 * x), expected)       # invariant to the feature norm
+
+
+def test_conv4_pool_before_relu_is_the_textbook_block():
+    """max-pool then ReLU == ReLU then max-pool: same outputs and same gradients."""
+    torch.manual_seed(0)
+    net = Conv4(hidden=8)
+    textbook = nn.Sequential(*[m for block in range(4) for m in (
+        net.encoder[4 * block], net.encoder[4 * block + 1], net.encoder[4 * block + 3],
+        net.encoder[4 * block + 2])])
+    assert isinstance(net.encoder[2], nn.MaxPool2d) and isinstance(textbook[2], nn.ReLU)
+    x = torch.randn(4, 3, 32, 32, dtype=torch.float64)
+    net, textbook = net.double(), textbook.double()
+    out = net.forward_features(x)
+    grads = torch.autograd.grad(out.square().sum(), list(net.parameters()))
+    ref = textbook(x)
+    ref_grads = torch.autograd.grad(ref.square().sum(), list(textbook.parameters()))
+    torch.testing.assert_close(out, ref)
+    for g, r in zip(grads, ref_grads):
+        torch.testing.assert_close(g, r)
+
+
+def test_batch_augment_output_size_uses_the_same_boxes():
+    images = torch.randint(0, 256, (5, 3, 40, 40), dtype=torch.uint8)
+    augment = BatchAugment(40, (0.5,) * 3, (0.25,) * 3, scale=(0.2, 1.0))
+    small = augment(images, torch.Generator().manual_seed(3), size=24)
+    assert small.shape == (5, 3, 24, 24)
+    g = torch.Generator().manual_seed(3)
+    boxes = sample_boxes(5, 40, 40, g, (0.2, 1.0))
+    flip = torch.rand(5, generator=g) < 0.5
+    expected = (resized_crops(images, boxes, 24, flip) - 127.5) / 63.75
+    torch.testing.assert_close(small, expected)
+    assert (boxes[:, 2] * boxes[:, 3] >= 0.2 * 1600 * 0.9).all()     # crop_scale respected
+
+
+@pytest.mark.parametrize("override, message", [
+    ("pretrain.size_schedule=[[0,56],[10,70]]", "last phase must train at data.image_size"),
+    ("pretrain.size_schedule=[[1,84]]", "epochs must start at 0"),
+    ("pretrain.size_schedule=[[0,56],[0,84]]", "epochs must start at 0 and increase"),
+    ("pretrain.size_schedule=[[0,8],[5,84]]", "at least 16 pixels"),
+    ("pretrain.size_schedule=[[0,56],[500,84]]", "after the last epoch"),
+    ("pretrain.size_schedule=[56,84]", "pairs"),
+    ("pretrain.schedule=linear", "pretrain.schedule: 'linear' is not one of step, cosine"),
+    ("meta.schedule=exp", "meta.schedule"),
+    ("pretrain.warmup_epochs=-1", "pretrain.warmup_epochs"),
+    ("meta.lr=-1", "meta.lr: expected > 0"),
+    ("pretrain.head=mlp", "pretrain.head"),
+    ("pretrain.head_scale=0", "pretrain.head_scale"),
+    ("pretrain.label_smoothing=1.5", "pretrain.label_smoothing"),
+    ("data.crop_scale=[0.5,0.2]", "data.crop_scale"),
+    ("data.crop_scale=[0.5]", "data.crop_scale"),
+])
+def test_schedule_options_are_checked_at_load_time(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, [override])
+
+
+def test_recipe_config_is_valid():
+    cfg = load_config(os.path.join(ROOT, "configs", "conv4_miniimagenet.yaml"))
+    assert cfg.pretrain.size_schedule[-1][1] == cfg.data.image_size == 84
+
+
+def _statm_resident_mb(code: str, env: dict) -> float:
+    """Run code in a fresh interpreter that imports fewshot first; it prints RSS deltas."""
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+FREE_AND_MEASURE = """
+import json, os
+import fewshot
+from fewshot import _malloc
+import torch
+page = os.sysconf("SC_PAGE_SIZE") / 2 ** 20
+rss = lambda: int(open("/proc/self/statm").read().split()[1]) * page
+x = torch.ones(64 * 2 ** 20 // 4)          # 64 MB, touched
+held = rss()
+del x
+print(json.dumps({"status": _malloc.status(), "kept_mb": rss() - held + 64}))
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc")
+def test_freed_tensor_memory_stays_mapped_by_default():
+    """Importing fewshot makes glibc keep a freed 64 MB buffer mapped (no munmap + page
+    faults at the next step); FEWSHOT_MALLOC=default or a user's MALLOC_* leaves glibc as is."""
+    import platform
+    if platform.libc_ver()[0] != "glibc":
+        pytest.skip("not glibc")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k != "FEWSHOT_MALLOC"}
+    ours = _statm_resident_mb(FREE_AND_MEASURE, env)
+    assert ours["status"].startswith("applied") and ours["kept_mb"] > 60
+    default = _statm_resident_mb(FREE_AND_MEASURE, dict(env, FEWSHOT_MALLOC="default"))
+    assert "FEWSHOT_MALLOC=default" in default["status"] and default["kept_mb"] < 8
+    user = _statm_resident_mb(FREE_AND_MEASURE, dict(env, MALLOC_MMAP_MAX_="65536"))
+    assert "MALLOC_MMAP_MAX_ is set" in user["status"]
+
+
+@pytest.mark.timeout(600)
+def test_cpu_recipe_smoke(csv_root, tmp_path):
+    """scripts/recipe_miniimagenet_cpu.sh in SMOKE mode on generated data: progressive
+    resizing in pretraining, DeepEMD and ProtoNet meta-training, every evaluation on shared
+    manifests, times and learning curves; a second invocation skips every step."""
+    out = tmp_path / "run"
+    env = dict(os.environ, SMOKE="1", PYTHON=sys.executable)
+    cmd = ["bash", os.path.join(ROOT, "scripts", "recipe_miniimagenet_cpu.sh"), csv_root, str(out)]
+    run = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    log = (out / "pretrain.log").read_text()
+    assert "from epoch 0: training images of 16 px" in log and "from epoch 1: training images of 32 px" in log
+    manifest = json.load(open(out / "val_5way1shot_3.json"))
+    for name in ("deepemd_val_1shot", "protonet_val_1shot", "pretrained_deepemd_val_1shot",
+                 "pretrained_protonet_val_1shot"):
+        result = json.load(open(out / f"{name}.json"))
+        assert result["episodes"] == 3 and result["split"] == "val", name
+    assert json.load(open(out / "protonet_val_1shot.json"))["episodes_file"].endswith("val_5way1shot_3.json")
+    assert len(manifest["episodes"]) == 3
+    shot5 = json.load(open(out / "deepemd_val_5shot.json"))
+    assert shot5["n_shot"] == 5 and shot5["episodes"] == 2
+    assert "total:" in (out / "times.txt").read_text()
+    assert (out / "curves.png").stat().st_size > 1000
+    again = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
+    assert again.returncode == 0 and again.stdout.count("skip:") == 9
