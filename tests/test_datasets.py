@@ -79,6 +79,50 @@ def test_cub_official_chen_split_and_boxes(cub_official_root, write_json):
         [folders[0], folders[5]]
 
 
+def test_cub_official_release_layout_with_split_json(cub_official_root):
+    """The folder holding CUB_200_2011/ and split.json (as the real subset ships): the split
+    comes from split.json, images from images.txt, crops from bounding_boxes.txt."""
+    import json
+    import shutil
+    holder = os.path.join(os.path.dirname(cub_official_root), "cub")
+    shutil.move(cub_official_root, os.path.join(holder, "CUB_200_2011"))
+    folders = sorted(os.listdir(os.path.join(holder, "CUB_200_2011", "images")))
+    with open(os.path.join(holder, "split.json"), "w") as f:
+        json.dump({"train": folders[:5], "val": folders[5:]}, f)
+    train = build_dataset("cub_official", holder, "train", bounding_box=True)
+    val = build_dataset("cub_official", holder, "val", bounding_box=True)
+    assert train.classes == folders[:5] and val.classes == folders[5:]
+    assert len(train) == 5 * 6 and train.image(7).size == (10, 8)
+    # images.txt decides which images belong to the dataset: an unlisted file is not used
+    write_image(os.path.join(holder, "CUB_200_2011", "images", folders[0], "extra.jpg"), 99, size=20)
+    assert len(build_dataset("cub_official", holder, "train")) == 5 * 6
+
+
+def _edit_line(path, index, text):
+    lines = open(path).read().splitlines()
+    lines[index] = text
+    open(path, "w").write("\n".join(lines) + "\n")
+
+
+def test_cub_official_bad_release_is_reported(cub_official_root, write_json):
+    folders = sorted(os.listdir(os.path.join(cub_official_root, "images")))
+    spec = write_json("split.json", {"train": folders[:2] + ["999.Dodo"]})
+    with pytest.raises(DataError, match=r"split\.json.*1 class\(es\) of split 'train' not found.*999\.Dodo"):
+        build_dataset("cub_official", cub_official_root, "train", split_file=spec)
+    # a box that leaves its 20 x 20 image, named with the file and the image size
+    boxes = os.path.join(cub_official_root, "bounding_boxes.txt")
+    _edit_line(boxes, 0, "1 15.0 3.0 10.0 8.0")
+    with pytest.raises(DataError, match=r"bounding box .*15\.0.*Bird_0_0000\.jpg.*20 x 20 image"):
+        build_dataset("cub_official", cub_official_root, "train", bounding_box=True)
+    _edit_line(boxes, 0, "1 2.0 3.0 0.0 8.0")
+    with pytest.raises(DataError, match="does not lie inside"):
+        build_dataset("cub_official", cub_official_root, "train", bounding_box=True)
+    # an image listed in images.txt but absent on disk
+    os.remove(os.path.join(cub_official_root, "images", folders[0], "Bird_0_0003.jpg"))
+    with pytest.raises(DataError, match=r"images\.txt' lists 1 image\(s\) of split 'train'.*Bird_0_0003"):
+        build_dataset("cub_official", cub_official_root, "train")
+
+
 def test_omniglot_alphabet_split_and_rotations(omniglot_root):
     train = build_dataset("omniglot", omniglot_root, "train")
     val = build_dataset("omniglot", omniglot_root, "val", alphabets=None)
