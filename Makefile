@@ -5,11 +5,12 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip --disable-pip-version-check -q
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test test-all bench bench-episodes recipe-mini-cpu recipe-omniglot reproduce-mini clean-venv
+.PHONY: install demo test test-all bench bench-episodes recipe-mini-cpu recipe-cub recipe-omniglot reproduce-mini clean-venv
 
 # Data roots and output folder of the recipes (override: make recipe-omniglot OMNIGLOT=/data/omniglot)
 MINI     ?= data/miniimagenet
 OMNIGLOT ?= data/omniglot
+CUB      ?= data/cub
 RUNS     ?= runs
 
 install: $(STAMP)
@@ -46,6 +47,10 @@ bench-episodes: install
 # CPU-scale recipes (README "Results"); each step is skipped when its output exists.
 recipe-mini-cpu: install
 	bash scripts/recipe_miniimagenet_cpu.sh $(MINI) $(RUNS)/mini_cpu
+
+# CUB (official layout); MINI_RUN=runs/mini_cpu adds the cross-domain miniImageNet -> CUB rows
+recipe-cub: install
+	MINI_RUN=$(MINI_RUN) bash scripts/recipe_cub_cpu.sh $(CUB) $(RUNS)/cub_cpu
 
 recipe-omniglot: install
 	bash scripts/recipe_omniglot.sh $(OMNIGLOT) $(RUNS)/omniglot

@@ -12,8 +12,9 @@ random 84 x 84 images held decoded in memory as PIL images, as the recipe's
   per-image augmentation in the loader, ReLU before max-pool, linear head, default malloc;
 - ``new``: the current defaults: freed memory kept mapped (``fewshot._malloc``),
   channels-last, the batch augmentation (``data.gpu_augment``), max-pool before ReLU, cosine
-  head; then ``new`` with one of those settings reverted, and ``new`` at 70 and 56 px (the
-  progressive-resizing phases of the recipe).
+  head; then ``new`` with one of those settings reverted, ``new`` under ``torch.compile``
+  (its compilation is in the warm-up steps, reported as ``warmup_seconds``), and ``new`` at
+  70 and 56 px (the progressive-resizing phases of the recipe).
 
 Each row reports images (or episodes) per second over ``--steps`` steps after ``--warmup``,
 the user and system CPU seconds per step (system time is the allocator's page faults) and
@@ -43,6 +44,8 @@ PRETRAIN = [  # name, settings
     ("new, NCHW", dict(layout="nchw", augment="batch", order="pool_relu", head="cosine", malloc=True)),
     ("new, loader augmentation", dict(layout="cl", augment="loader", order="pool_relu", head="cosine", malloc=True)),
     ("new, ReLU before pool", dict(layout="cl", augment="batch", order="relu_pool", head="cosine", malloc=True)),
+    ("new + torch.compile", dict(layout="cl", augment="batch", order="pool_relu", head="cosine", malloc=True,
+                                 compile=True)),
     ("new at 70 px", dict(layout="cl", augment="batch", order="pool_relu", head="cosine", malloc=True, size=70)),
     ("new at 56 px", dict(layout="cl", augment="batch", order="pool_relu", head="cosine", malloc=True, size=56)),
 ]
@@ -132,13 +135,14 @@ def _worker(spec) -> dict:
     if cl:
         net = net.to(memory_format=torch.channels_last)
     opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9, nesterov=True, weight_decay=5e-4)
+    forward = torch.compile(net) if spec.get("compile") else net
 
     def step():
         images, labels = next(data)
         if cl:
             images = images.contiguous(memory_format=torch.channels_last)
         if spec["kind"] == "pretrain":
-            loss = F.cross_entropy(net(images), labels)
+            loss = F.cross_entropy(forward(images), labels)
         else:
             support_labels = torch.arange(5)
             logits = net.episode_logits(images[:5], support_labels, images[5:])
@@ -147,8 +151,10 @@ def _worker(spec) -> dict:
         loss.backward()
         opt.step()
 
+    t_warm = time.perf_counter()
     for _ in range(warmup):
         step()
+    warmup_seconds = time.perf_counter() - t_warm
     if spec.get("profile"):
         return _profile(step, steps)
     r0, t0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
@@ -160,7 +166,8 @@ def _worker(spec) -> dict:
     return {"per_second": unit * steps / seconds, "seconds_per_step": seconds / steps,
             "user_s_per_step": (r1.ru_utime - r0.ru_utime) / steps,
             "sys_s_per_step": (r1.ru_stime - r0.ru_stime) / steps,
-            "peak_memory_mb": r1.ru_maxrss / 1024, "malloc": _malloc.status(),
+            "peak_memory_mb": r1.ru_maxrss / 1024, "warmup_seconds": warmup_seconds,
+            "malloc": _malloc.status(),
             "threads": torch.get_num_threads()}
 
 

@@ -20,6 +20,8 @@ DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__
 
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-root", help="dataset root (data.root)")
+    parser.add_argument("--dataset", help="dataset layout (data.name), e.g. cub_official: with "
+                        "eval.py, evaluates a trained model on another dataset without retraining")
     parser.add_argument("--way", type=int, help="classes per episode (episode.n_way)")
     parser.add_argument("--shot", type=int, help="support images per class (episode.n_shot)")
     parser.add_argument("--query", type=int, help="query images per class")
@@ -75,8 +77,8 @@ def _train(argv: Optional[List[str]]) -> int:
                            f"and this looks like a key=value override; put overrides before "
                            f"--resume or name the checkpoint after it")
     overrides = _flag_overrides(args, {
-        "data_root": "data.root", "way": "episode.n_way", "shot": "episode.n_shot",
-        "query": "episode.n_query", "seed": "run.seed", "device": "run.device", "out": "run.out",
+        "data_root": "data.root", "dataset": "data.name", "way": "episode.n_way",
+        "shot": "episode.n_shot", "query": "episode.n_query", "seed": "run.seed", "device": "run.device", "out": "run.out",
         "max_steps": "run.max_steps", "stage": "run.stage"}) + args.overrides
     config = load_config(args.config, overrides)
     from .engine import meta_train, pretrain  # heavy imports after the arguments are checked
@@ -113,8 +115,8 @@ def _eval(argv: Optional[List[str]]) -> int:
     from .engine.checkpoint import atomic_write_text
 
     overrides = _flag_overrides(args, {
-        "data_root": "data.root", "way": "episode.n_way", "shot": "episode.n_shot",
-        "query": "eval.n_query", "device": "run.device", "episodes": "eval.episodes",
+        "data_root": "data.root", "dataset": "data.name", "way": "episode.n_way",
+        "shot": "episode.n_shot", "query": "eval.n_query", "device": "run.device", "episodes": "eval.episodes",
         "episodes_file": "eval.episodes_file", "split": "eval.split", "seed": "eval.seed"})
     config, model = load_trained(args.checkpoint, overrides + args.overrides)
     device = next(model.parameters()).device

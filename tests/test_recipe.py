@@ -18,6 +18,8 @@ from fewshot.engine.trainer import lr_factor
 from fewshot.errors import ConfigError
 from fewshot.models import Conv4, CosineClassifier
 
+from conftest import write_image
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -175,3 +177,38 @@ def test_cpu_recipe_smoke(csv_root, tmp_path):
     assert (out / "curves.png").stat().st_size > 1000
     again = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
     assert again.returncode == 0 and again.stdout.count("skip:") == 9
+
+
+@pytest.mark.timeout(600)
+def test_cub_recipe_smoke_with_cross_domain(cub_official_root, tmp_path):
+    """scripts/recipe_cub_cpu.sh in SMOKE mode on a generated official-layout CUB (boxes,
+    split.json), with a miniImageNet run's models evaluated on the same CUB episodes."""
+    import shutil
+    holder = tmp_path / "cub"
+    shutil.move(cub_official_root, holder / "CUB_200_2011")
+    folders = sorted(os.listdir(holder / "CUB_200_2011" / "images"))
+    k = 1000
+    for folder in folders:                # 8 images per class: room for 5-shot 2-query episodes
+        for j in (6, 7):
+            rel = f"{folder}/extra_{j}.jpg"
+            write_image(str(holder / "CUB_200_2011" / "images" / rel), k, size=20)
+            with open(holder / "CUB_200_2011" / "images.txt", "a") as f:
+                f.write(f"{k} {rel}\n")
+            with open(holder / "CUB_200_2011" / "bounding_boxes.txt", "a") as f:
+                f.write(f"{k} 2.0 3.0 10.0 8.0\n")
+            k += 1
+    # 8 generated classes; 5-way episodes need 5 per split, so two classes are in both
+    (holder / "split.json").write_text(json.dumps({"train": folders[:3] + folders[6:], "val": folders[3:6] + folders[:2]}))
+    out = tmp_path / "run"                 # its own models stand in for a miniImageNet run's
+    env = dict(os.environ, SMOKE="1", PYTHON=sys.executable, MINI_RUN=str(out))
+    run = subprocess.run(["bash", os.path.join(ROOT, "scripts", "recipe_cub_cpu.sh"), str(holder), str(out)],
+                         cwd=ROOT, env=env, capture_output=True, text=True)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    mini = out
+    for shot, episodes in ((1, 3), (5, 2)):
+        for method in ("deepemd", "protonet"):
+            own = json.load(open(out / f"{method}_val_{shot}shot.json"))
+            cross = json.load(open(out / f"mini_{method}_val_{shot}shot.json"))
+            assert own["dataset"] == cross["dataset"] == "cub_official"
+            assert own["episodes"] == cross["episodes"] == episodes and cross["n_shot"] == shot
+            assert cross["checkpoint"].startswith(str(mini))

@@ -1,0 +1,47 @@
+# Shared by the 2-core CPU recipes (sourced after D, R, CFG are set and "$@" holds the extra
+# key=value arguments): pretraining, DeepEMD-FCN and ProtoNet meta-training from the same
+# backbone, fixed val manifests (1-shot and 5-shot, episode seed 2: not the seed-1 episodes
+# that selected the checkpoints) and both methods evaluated on them. Defines EVAL, SFC, M1, M5
+# and `finish TITLE` for what the recipe adds afterwards.
+PY=${PYTHON:-.venv/bin/python}
+E1=${EPISODES_1SHOT:-1000}; E5=${EPISODES_5SHOT:-100}
+if [ "${SMOKE:-0}" = 1 ]; then   # a few steps of every stage on tiny images: what the tests run
+  TRAIN=(--device cpu data.image_size=32 "pretrain.size_schedule=[[0,16],[1,32]]" pretrain.epochs=2
+         pretrain.batch_size=8 pretrain.val_every=1 pretrain.val_episodes=2 meta.epochs=2
+         meta.episodes_per_epoch=2 meta.val_episodes=2 eval.n_query=2 --query 2)
+  EVAL=(--device cpu data.image_size=32 --query 2); SFC=(model.options.sfc_steps=2); E1=3; E5=2
+else
+  TRAIN=(); EVAL=(); SFC=()
+fi
+mkdir -p "$R"
+source "$(dirname "${BASH_SOURCE[0]}")/_steps.sh"
+start=$SECONDS
+step "$R/pretrain/best.pt" pretrain.log \
+  $PY train.py --config $CFG --stage pretrain --data-root "$D" --out "$R" "${TRAIN[@]}" "$@"
+step "$R/meta/best.pt" meta_deepemd.log \
+  $PY train.py --config $CFG --way 5 --shot 1 --data-root "$D" --out "$R" \
+  meta.pretrained="$R/pretrain/best.pt" "${TRAIN[@]}" "$@"
+step "$R/protonet/meta/best.pt" meta_protonet.log \
+  $PY train.py --config $CFG --way 5 --shot 1 --data-root "$D" --out "$R/protonet" \
+  model.method=protonet model.options=null meta.pretrained="$R/pretrain/best.pt" "${TRAIN[@]}" "$@"
+# the fixed episodes: written once by the first evaluation, then every method runs on them
+M1="$R/val_5way1shot_$E1.json"; M5="$R/val_5way5shot_$E5.json"
+step "$M1" eval.log \
+  $PY eval.py --checkpoint "$R/meta/best.pt" --split val --seed 2 --episodes "$E1" \
+  --write-episodes "$M1" --result "$R/deepemd_val_1shot.json" "${EVAL[@]}" "$@"
+step "$M5" eval.log \
+  $PY eval.py --checkpoint "$R/protonet/meta/best.pt" --split val --seed 2 --shot 5 --episodes "$E5" \
+  --write-episodes "$M5" --result "$R/protonet_val_5shot.json" "${EVAL[@]}" "$@"
+step "$R/protonet_val_1shot.json" eval.log \
+  $PY eval.py --checkpoint "$R/protonet/meta/best.pt" --episodes-file "$M1" --split val \
+  --result "$R/protonet_val_1shot.json" "${EVAL[@]}" "$@"
+step "$R/deepemd_val_5shot.json" eval.log \
+  $PY eval.py --checkpoint "$R/meta/best.pt" --episodes-file "$M5" --split val --shot 5 \
+  --result "$R/deepemd_val_5shot.json" "${EVAL[@]}" "${SFC[@]}" "$@"
+
+finish() {  # finish TITLE: total wall time, learning curves, the accuracies
+  echo "total: $((SECONDS - start)) s of this invocation" | tee -a "$R/times.txt"
+  $PY scripts/plot_curves.py "$R" --out "$R/curves.png" --title "$1" \
+    || echo "plot_curves.py failed (results are unaffected)"
+  grep -h "accuracy" "$R"/eval.log | tail -n 12
+}
