@@ -73,3 +73,21 @@ def test_gpu_recipe_smoke_on_cpu_with_two_processes(csv_root, tmp_path):
     times = (out / "times.txt").read_text()
     assert "pretrain:" in times and "nproc 2" in times
     assert "on cpu x 2 processes" in run.stdout + run.stderr        # DistributedDataParallel ran
+
+
+def test_cub_split_from_deepemd_csvs(tmp_path):
+    """scripts/cub_split.py turns the DeepEMD/FEAT split CSVs into cub_official's split.json."""
+    rows = {"train": ["001.A", "001.A", "003.C"], "val": ["002.B"], "test": ["004.D", "005.E"]}
+    for name, labels in rows.items():
+        (tmp_path / f"{name}.csv").write_text("filename, label, concept_label\n" + "".join(
+            f"img{i}.jpg,{label},1,2\n" for i, label in enumerate(labels)))
+    out = tmp_path / "split.json"
+    script = os.path.join(ROOT, "scripts", "cub_split.py")
+    run = subprocess.run([sys.executable, script, "--csv-dir", str(tmp_path), "--out", str(out)],
+                         capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    assert json.load(open(out)) == {"train": ["001.A", "003.C"], "val": ["002.B"], "test": ["004.D", "005.E"]}
+    (tmp_path / "test.csv").write_text("filename,label\nx.jpg,001.A\n")
+    run = subprocess.run([sys.executable, script, "--csv-dir", str(tmp_path), "--out", str(out)],
+                         capture_output=True, text=True)
+    assert run.returncode == 2 and "001.A" in run.stderr and "Traceback" not in run.stderr
