@@ -166,7 +166,7 @@ def test_cpu_recipe_smoke(csv_root, tmp_path):
     assert "from epoch 0: training images of 16 px" in log and "from epoch 1: training images of 32 px" in log
     manifest = json.load(open(out / "val_5way1shot_3.json"))
     for name in ("deepemd_val_1shot", "protonet_val_1shot", "pretrained_deepemd_val_1shot",
-                 "pretrained_protonet_val_1shot"):
+                 "pretrained_protonet_val_1shot", "pretrained_simpleshot_l2n_val_1shot"):
         result = json.load(open(out / f"{name}.json"))
         assert result["episodes"] == 3 and result["split"] == "val", name
     assert json.load(open(out / "protonet_val_1shot.json"))["episodes_file"].endswith("val_5way1shot_3.json")
@@ -176,7 +176,7 @@ def test_cpu_recipe_smoke(csv_root, tmp_path):
     assert "total:" in (out / "times.txt").read_text()
     assert (out / "curves.png").stat().st_size > 1000
     again = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
-    assert again.returncode == 0 and again.stdout.count("skip:") == 9
+    assert again.returncode == 0 and again.stdout.count("skip:") == 10
 
 
 @pytest.mark.timeout(600)
@@ -212,3 +212,19 @@ def test_cub_recipe_smoke_with_cross_domain(cub_official_root, tmp_path):
             assert own["dataset"] == cross["dataset"] == "cub_official"
             assert own["episodes"] == cross["episodes"] == episodes and cross["n_shot"] == shot
             assert cross["checkpoint"].startswith(str(mini))
+
+
+def test_protonet_l2n_is_nearest_centroid_of_normalised_features():
+    from fewshot.models import create_model
+    torch.manual_seed(0)
+    model = create_model("protonet", "conv4", {"hidden": 8}, {"normalize": "l2n"}).eval()
+    images = torch.randn(6, 3, 16, 16)
+    labels = torch.tensor([0, 1, 2, 0, 1, 2])
+    with torch.no_grad():
+        feats = F.normalize(model.backbone(images), dim=1)
+        model.process_support_set(images, labels)
+        logits = model(images[:2])
+    centroids = torch.stack([feats[labels == c].mean(0) for c in range(3)])
+    torch.testing.assert_close(logits, -torch.cdist(feats[:2], centroids).pow(2))
+    with pytest.raises(ConfigError, match="model.options.normalize"):
+        create_model("protonet", "conv4", {}, {"normalize": "cl2"})

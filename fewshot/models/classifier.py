@@ -17,6 +17,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..errors import ConfigError
 from ..registry import Registry
 from .backbones import Backbone
 
@@ -79,14 +80,21 @@ def class_means(features: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 @METHODS.register("protonet")
 class ProtoNet(FewShotClassifier):
     """Prototypical Networks (Snell et al. 2017): logits = -squared Euclidean distance
-    between pooled query features and class-mean prototypes."""
+    between pooled query features and class-mean prototypes.
 
-    def __init__(self, backbone: Backbone):
+    ``normalize``: ``none``, or ``l2n``: features L2-normalised before the class means and
+    distances (the nearest-centroid baseline of SimpleShot, Wang et al. 2019, "L2N")."""
+
+    def __init__(self, backbone: Backbone, normalize: str = "none"):
         super().__init__(backbone)
+        if normalize not in ("none", "l2n"):
+            raise ConfigError(f"model.options.normalize: {normalize!r} is not one of none, l2n")
+        self.normalize = normalize
         self.prototypes = None
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:
-        return self.backbone(images)
+        features = self.backbone(images)
+        return F.normalize(features, dim=1) if self.normalize == "l2n" else features
 
     def fit_support(self, support_features: torch.Tensor, support_labels: torch.Tensor) -> None:
         self.prototypes = class_means(support_features, support_labels)
