@@ -154,6 +154,60 @@ def _eval(argv: Optional[List[str]]) -> int:
     return 0
 
 
+def _visualize(argv: Optional[List[str]]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="visualize.py", description="Draw what a DeepEMD checkpoint matched in one episode.")
+    parser.add_argument("--checkpoint", required=True, help="a DeepEMD best.pt / last.pt")
+    parser.add_argument("--episode", type=int, default=0, help="episode index (default 0)")
+    parser.add_argument("--episodes-file", help="take the episode from this manifest")
+    parser.add_argument("--split", help="split (eval.split of the checkpoint by default)")
+    parser.add_argument("--seed", type=int, help="episode seed (eval.seed) when no manifest is given")
+    parser.add_argument("--queries", type=int, nargs="+", default=[0],
+                        help="query indices to draw (default: 0)")
+    parser.add_argument("--top-flows", type=int, default=10, help="largest flows drawn per pair")
+    parser.add_argument("--per-query", action="store_true",
+                        help="one PNG per query (OUT_q<index>.png) instead of one sheet")
+    parser.add_argument("--out", required=True, help="PNG path")
+    _common(parser)
+    args = _parse(parser, argv)
+    from .engine import episode_sampler, load_trained
+    from .models import DeepEMD
+    from .viz import draw, explain_episode
+
+    overrides = _flag_overrides(args, {
+        "data_root": "data.root", "dataset": "data.name", "way": "episode.n_way",
+        "shot": "episode.n_shot", "query": "eval.n_query", "device": "run.device",
+        "episodes_file": "eval.episodes_file", "split": "eval.split", "seed": "eval.seed"})
+    config, model = load_trained(args.checkpoint, overrides + args.overrides)
+    if not isinstance(model, DeepEMD):
+        raise FewShotError(f"--checkpoint {args.checkpoint!r}: visualize.py draws DeepEMD matchings; "
+                           f"this checkpoint is a {config.model.method!r} model")
+    e, ev = config.episode, config.eval
+    sampler = episode_sampler(config, ev.split, e.n_way, e.n_shot, ev.n_query, ev.seed, ev.episodes_file)
+    if args.episode < 0 or (ev.episodes_file and args.episode >= len(sampler)):
+        raise FewShotError(f"--episode {args.episode}: expected 0 .. "
+                           f"{len(sampler) - 1 if ev.episodes_file else 'any'}")
+    episode = sampler.episode(args.episode)
+    n_queries = len(episode.query_labels)
+    bad = [q for q in args.queries if not 0 <= q < n_queries]
+    if bad:
+        raise FewShotError(f"--queries {bad}: the episode has queries 0 .. {n_queries - 1}")
+    if os.path.dirname(os.path.abspath(args.out)):
+        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    explanations = explain_episode(model, episode, args.queries, args.top_flows)
+    groups = [[x] for x in explanations] if args.per_query else [explanations]
+    for group in groups:
+        path = (f"{os.path.splitext(args.out)[0]}_q{group[0].query}.png" if args.per_query else args.out)
+        figure = draw(group, episode)
+        figure.savefig(path, dpi=110)
+        print(f"episode {args.episode}, queries {[x.query for x in group]}: written {path}")
+    return 0
+
+
+def visualize_main(argv: Optional[List[str]] = None) -> int:
+    return _run(_visualize, argv)
+
+
 def train_main(argv: Optional[List[str]] = None) -> int:
     return _run(_train, argv)
 

@@ -202,11 +202,13 @@ def _scheduler(optimizer: torch.optim.Optimizer, cfg, steps_per_epoch: int):
 
 def _run_epochs(stage: _Stage, epochs: int, steps_per_epoch: int,
                 batches: Callable[[int, int], Iterable], step_fn: Callable,
-                validate: Callable[[], Dict[str, float]], unit: str, val_every: int) -> None:
+                validate: Callable[[], Dict[str, float]], unit: str, val_every: int,
+                on_validate: Optional[Callable] = None) -> None:
     """The loop shared by both stages.
 
     ``batches(epoch, offset)`` yields the batches of ``epoch`` from position ``offset``;
-    ``step_fn(batch)`` returns (loss tensor, accuracy %, items in the batch).
+    ``step_fn(batch)`` returns (loss tensor, accuracy %, items in the batch);
+    ``on_validate(writer, step)`` adds to TensorBoard after each validation.
     """
     from torch.utils.tensorboard import SummaryWriter
 
@@ -235,6 +237,8 @@ def _run_epochs(stage: _Stage, epochs: int, steps_per_epoch: int,
         result = validate()
         writer.add_scalar("val/accuracy", result["accuracy"], stage.step)
         writer.add_scalar("val/ci95", result["ci95"], stage.step)
+        if on_validate is not None:
+            on_validate(writer, stage.step)
         improved = result["accuracy"] > stage.best
         if improved:
             stage.best = result["accuracy"]
@@ -511,5 +515,21 @@ def meta_train(config: Config, resume: Optional[str] = None) -> str:
         f"{config.model.backbone}{details} on {device}" + (f" x {size} processes" if size > 1 else ""))
     validate = _validator(config, model, device, m.val_episodes, e.n_way, e.n_shot)
     _run_epochs(stage, m.epochs, steps_per_epoch, batches, step_fn, validate, unit="episodes",
-                val_every=m.val_every)
+                val_every=m.val_every, on_validate=_matching_picture(config, model, e.n_way, e.n_shot))
     return os.path.join(folder, "best.pt")
+
+
+def _matching_picture(config: Config, model: FewShotClassifier, n_way: int, n_shot: int):
+    """For DeepEMD: ``on_validate`` drawing the matching of the first query of validation
+    episode 0 (fixed by eval.seed) to TensorBoard as ``val/matching``; else None."""
+    from ..models import DeepEMD
+    if not isinstance(model, DeepEMD):
+        return None
+    sampler = episode_sampler(config, config.data.val_split, n_way, n_shot, config.eval.n_query,
+                              seed=config.eval.seed)
+    episode = sampler.episode(0)
+
+    def add(writer, step: int) -> None:
+        from ..viz import draw, explain_episode
+        writer.add_figure("val/matching", draw(explain_episode(model, episode, [0]), episode), step)
+    return add

@@ -56,6 +56,19 @@ def node_cost(query: torch.Tensor, proto: torch.Tensor, metric: str = "cosine",
     raise ConfigError(f"DeepEMD metric must be 'cosine' or 'l2', got {metric!r}")
 
 
+def emd_problem(query: torch.Tensor, proto: torch.Tensor, metric: str = "cosine",
+                center: bool = True) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """DeepEMD's transport problems between query nodes [Q, C, M] and prototype nodes
+    [W, C, N]: cost [Q, W, M, N], cross-reference weights a [Q, W, M] and b [Q, W, N],
+    each normalised to total mass M."""
+    M = query.shape[2]
+    a = cross_reference_weights(query, proto)                       # [Q, W, M]
+    b = cross_reference_weights(proto, query).transpose(0, 1)       # [Q, W, N]
+    a = a * (M / a.sum(-1, keepdim=True))
+    b = b * (M / b.sum(-1, keepdim=True))
+    return node_cost(query, proto, metric, center), a, b
+
+
 def emd_logits(query: torch.Tensor, proto: torch.Tensor, solver: str = "exact",
                solver_options: Optional[dict] = None, temperature: float = 12.5,
                metric: str = "cosine", center: bool = True,
@@ -69,11 +82,7 @@ def emd_logits(query: torch.Tensor, proto: torch.Tensor, solver: str = "exact",
     problems (query-major) is returned too."""
     Q, W, M = query.shape[0], proto.shape[0], query.shape[2]
     N = proto.shape[2]
-    a = cross_reference_weights(query, proto)                       # [Q, W, M]
-    b = cross_reference_weights(proto, query).transpose(0, 1)       # [Q, W, N]
-    a = a * (M / a.sum(-1, keepdim=True))
-    b = b * (M / b.sum(-1, keepdim=True))
-    cost = node_cost(query, proto, metric, center)                  # [Q, W, M, N]
+    cost, a, b = emd_problem(query, proto, metric, center)
     options = dict(solver_options or {})
     if emd.needs_points(solver):                                    # e.g. chain: node features
         x = query.transpose(1, 2)[:, None].expand(Q, W, M, -1).reshape(Q * W, M, -1)
@@ -146,17 +155,33 @@ class DeepEMD(FewShotClassifier):
     # ------------------------------------------------------------------ nodes
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         """Node features [B, C, n_nodes] of images [B, C_in, H, W]."""
+        return self.encode_nodes(images)[0]
+
+    def encode_nodes(self, images: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Node features [B, C, n_nodes] of images [B, C_in, H, W] and the image region
+        behind each node, boxes [n_nodes, 4] as (x0, y0, x1, y1) in pixels (the same for
+        every image of the batch): FCN, the feature-map cell (pyramid levels: the pooled
+        cells); Grid and Sampling, the crop."""
+        H, W = images.shape[-2:]
         if self.patch == "fcn":
             fmap = self.backbone.forward_features(images)
+            levels = [fmap.shape[-2:]] + [(s, s) for s in self.pyramid]
             nodes = [fmap.flatten(2)] + [F.adaptive_avg_pool2d(fmap, s).flatten(2) for s in self.pyramid]
-            return torch.cat(nodes, dim=2)
-        crops = self._grid_crops(images) if self.patch == "grid" else self._sampled_crops(images)
+            boxes = [(c * W / w, r * H / h, (c + 1) * W / w, (r + 1) * H / h)
+                     for h, w in levels for r in range(h) for c in range(w)]
+            return torch.cat(nodes, dim=2), torch.tensor(boxes)
+        regions = self._grid_regions(H, W) if self.patch == "grid" else self._sampled_regions(images)
+        crops = torch.stack([F.interpolate(images[:, :, y0:y1, x0:x1], size=self.patch_size,
+                                           mode="bilinear", align_corners=False)
+                             for y0, y1, x0, x1 in regions], dim=1)
         B, P = crops.shape[:2]
         pooled = self.backbone(crops.flatten(0, 1))                  # [B * P, C]
-        return pooled.reshape(B, P, -1).transpose(1, 2)
+        boxes = torch.tensor([(x0, y0, x1, y1) for y0, y1, x0, x1 in regions], dtype=torch.float32)
+        return pooled.reshape(B, P, -1).transpose(1, 2), boxes
 
-    def _grid_crops(self, images: torch.Tensor) -> torch.Tensor:
-        B, _, H, W = images.shape
+    def _grid_regions(self, H: int, W: int):
+        """(y0, y1, x0, x1) of every Grid crop: g x g cells per pyramid level, each cell
+        enlarged by the context ratio (random in training, ``context_test`` otherwise)."""
         out = []
         for g in self.grid:
             for r in range(g):
@@ -165,20 +190,18 @@ class DeepEMD(FewShotClassifier):
                              else self.context_test)
                     h, w = H / g * ratio, W / g * ratio
                     cy, cx = (r + 0.5) * H / g, (c + 0.5) * W / g
-                    y0, y1 = max(0, int(cy - h / 2)), min(H, int(math.ceil(cy + h / 2)))
-                    x0, x1 = max(0, int(cx - w / 2)), min(W, int(math.ceil(cx + w / 2)))
-                    out.append(F.interpolate(images[:, :, y0:y1, x0:x1], size=self.patch_size,
-                                             mode="bilinear", align_corners=False))
-        return torch.stack(out, dim=1)
+                    out.append((max(0, int(cy - h / 2)), min(H, int(math.ceil(cy + h / 2))),
+                                max(0, int(cx - w / 2)), min(W, int(math.ceil(cx + w / 2)))))
+        return out
 
-    def _sampled_crops(self, images: torch.Tensor) -> torch.Tensor:
+    def _sampled_regions(self, images: torch.Tensor):
+        """(y0, y1, x0, x1) of ``num_patch`` random-resized crops (shared by the batch)."""
         from torchvision.transforms import RandomResizedCrop
         out = []
         for _ in range(self.num_patch):
             i, j, h, w = RandomResizedCrop.get_params(images, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3))
-            out.append(F.interpolate(images[:, :, i:i + h, j:j + w], size=self.patch_size,
-                                     mode="bilinear", align_corners=False))
-        return torch.stack(out, dim=1)
+            out.append((i, i + h, j, j + w))
+        return out
 
     def supports_feature_cache(self) -> bool:
         return self.patch != "sampling"
