@@ -91,3 +91,25 @@ def test_cub_split_from_deepemd_csvs(tmp_path):
     run = subprocess.run([sys.executable, script, "--csv-dir", str(tmp_path), "--out", str(out)],
                          capture_output=True, text=True)
     assert run.returncode == 2 and "001.A" in run.stderr and "Traceback" not in run.stderr
+
+
+def test_plot_results_and_curves(tmp_path):
+    """scripts/plot_results.py draws eval.py JSON files; a file that is not one is named."""
+    files = []
+    for i, (acc, seconds) in enumerate(((45.0, 10.0), (47.5, 300.0))):
+        path = tmp_path / f"r{i}.json"
+        path.write_text(json.dumps({"accuracy": acc, "ci95": 0.6, "episodes": 100, "seconds": seconds,
+                                    "method": "deepemd", "eval_solver": "exact", "n_shot": 1}))
+        files.append(str(path))
+    out = tmp_path / "results.png"
+    script = os.path.join(ROOT, "scripts", "plot_results.py")
+    run = subprocess.run([sys.executable, script, *files, "--out", str(out)], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    assert out.read_bytes()[:4] == b"\x89PNG"
+    (tmp_path / "bad.json").write_text("{}")
+    run = subprocess.run([sys.executable, script, str(tmp_path / "bad.json"), "--out", str(out)],
+                         capture_output=True, text=True)
+    assert run.returncode == 2 and "bad.json" in run.stderr and "Traceback" not in run.stderr
+    run = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "plot_curves.py"), str(tmp_path)],
+                         capture_output=True, text=True)
+    assert run.returncode == 2 and "no TensorBoard" in run.stderr
