@@ -288,8 +288,35 @@ def size_schedule(pretrain: PretrainConfig, image_size: int) -> List[List[int]]:
     return pairs
 
 
+# (key, lowest allowed value, whether the lowest is excluded): checked when a config loads
+_RANGES = [
+    ("data.image_size", 16, False), ("data.workers", 0, False),
+    ("episode.n_way", 2, False), ("episode.n_shot", 1, False), ("episode.n_query", 1, False),
+    ("pretrain.epochs", 1, False), ("pretrain.batch_size", 1, False), ("pretrain.momentum", 0, False),
+    ("pretrain.weight_decay", 0, False), ("pretrain.step_size", 1, False), ("pretrain.gamma", 0, True),
+    ("pretrain.val_episodes", 1, False), ("pretrain.val_every", 1, False),
+    ("pretrain.emd_loss_weight", 0, False),
+    ("meta.epochs", 1, False), ("meta.episodes_per_epoch", 1, False), ("meta.momentum", 0, False),
+    ("meta.weight_decay", 0, False), ("meta.step_size", 1, False), ("meta.gamma", 0, True),
+    ("meta.val_episodes", 1, False), ("meta.val_every", 1, False),
+    ("eval.episodes", 0, False), ("eval.n_query", 1, False),
+    ("run.max_steps", 0, False), ("run.log_every", 1, False), ("run.checkpoint_every", 1, False),
+]
+
+
 def check(config: Config) -> None:
-    """Range checks of the training-schedule keys (ConfigError naming the key)."""
+    """Range checks of numeric keys and of the training-schedule keys (ConfigError naming
+    the key), so that a bad value stops a run before any training work."""
+    for key, low, exclusive in _RANGES:
+        section, name = key.split(".")
+        value = getattr(getattr(config, section), name)
+        if not (value > low if exclusive else value >= low):
+            raise ConfigError(f"{key}: expected {'>' if exclusive else '>='} {low}, got {value}")
+    for name in ("pretrain", "meta"):
+        if not getattr(config, name).momentum < 1:
+            raise ConfigError(f"{name}.momentum: expected < 1, got {getattr(config, name).momentum}")
+    if config.run.stage not in ("pretrain", "meta", "both"):
+        raise ConfigError(f"run.stage: {config.run.stage!r} is not one of pretrain, meta, both")
     for name in ("pretrain", "meta"):
         stage = getattr(config, name)
         if stage.schedule not in ("step", "cosine"):

@@ -64,3 +64,20 @@ def test_unknown_method_option_is_an_error():
         create_model("protonet", "conv4", {}, {"temperatur": 1.0})
     with pytest.raises(ConfigError, match="unknown backbone 'resnet13'"):
         create_model("protonet", "resnet13")
+
+
+@pytest.mark.parametrize("override, message", [
+    ("meta.val_episodes=0", "meta.val_episodes: expected >= 1, got 0"),
+    ("meta.epochs=0", "meta.epochs: expected >= 1"),
+    ("run.max_steps=-1", "run.max_steps: expected >= 0, got -1"),
+    ("data.workers=-1", "data.workers: expected >= 0"),
+    ("data.image_size=8", "data.image_size: expected >= 16, got 8"),
+    ("eval.episodes=-3", "eval.episodes: expected >= 0, got -3"),
+    ("episode.n_way=1", "episode.n_way: expected >= 2"),
+    ("pretrain.gamma=0", "pretrain.gamma: expected > 0"),
+    ("meta.momentum=1.5", "meta.momentum: expected < 1"),
+    ("run.stage=all", "run.stage: 'all' is not one of"),
+])
+def test_out_of_range_values_are_errors_at_load_time(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, [override])

@@ -115,13 +115,14 @@ def build_model(config: Config) -> FewShotClassifier:
 def load_trained(path: str, overrides=(), device: str = "") -> Tuple[Config, FewShotClassifier]:
     """The config (with ``key=value`` overrides applied) and model of checkpoint ``path``,
     the model on ``device`` (default: the config's run.device)."""
-    from ..config import from_dict, merge, parse_override
+    from ..config import check, from_dict, merge, parse_override
 
     state = load_checkpoint(path)
     data = state["config"]
     for item in overrides:
         data = merge(data, parse_override(item))
     config: Config = from_dict(Config, data, f"config of checkpoint {path!r}")
+    check(config)
     model = build_model(config).to(resolve_device(device or config.run.device))
     model.load_state_dict(state["model"])
     return config, model
