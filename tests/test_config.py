@@ -77,6 +77,21 @@ def test_unknown_method_option_is_an_error():
     ("pretrain.gamma=0", "pretrain.gamma: expected > 0"),
     ("meta.momentum=1.5", "meta.momentum: expected < 1"),
     ("run.stage=all", "run.stage: 'all' is not one of"),
+    ("pretrain.size_schedule=[[0,56],[10,70]]", "last phase must train at data.image_size"),
+    ("pretrain.size_schedule=[[1,84]]", "epochs must start at 0"),
+    ("pretrain.size_schedule=[[0,56],[0,84]]", "epochs must start at 0 and increase"),
+    ("pretrain.size_schedule=[[0,8],[5,84]]", "at least 16 pixels"),
+    ("pretrain.size_schedule=[[0,56],[500,84]]", "after the last epoch"),
+    ("pretrain.size_schedule=[56,84]", "pairs"),
+    ("pretrain.schedule=linear", "pretrain.schedule: 'linear' is not one of step, cosine"),
+    ("meta.schedule=exp", "meta.schedule"),
+    ("pretrain.warmup_epochs=-1", "pretrain.warmup_epochs"),
+    ("meta.lr=-1", "meta.lr: expected > 0"),
+    ("pretrain.head=mlp", "pretrain.head"),
+    ("pretrain.head_scale=0", "pretrain.head_scale"),
+    ("pretrain.label_smoothing=1.5", "pretrain.label_smoothing"),
+    ("data.crop_scale=[0.5,0.2]", "data.crop_scale"),
+    ("data.crop_scale=[0.5]", "data.crop_scale"),
 ])
 def test_out_of_range_values_are_errors_at_load_time(override, message):
     with pytest.raises(ConfigError, match=message):
