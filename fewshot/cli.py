@@ -40,6 +40,13 @@ def _parse(parser: argparse.ArgumentParser, argv: Optional[List[str]]) -> argpar
     return args
 
 
+# eval.py and visualize.py flags -> config keys (a flag a parser lacks is skipped)
+EVAL_FLAGS = {"data_root": "data.root", "dataset": "data.name", "way": "episode.n_way",
+              "shot": "episode.n_shot", "query": "eval.n_query", "device": "run.device",
+              "episodes": "eval.episodes", "episodes_file": "eval.episodes_file",
+              "split": "eval.split", "seed": "eval.seed"}
+
+
 def _flag_overrides(args: argparse.Namespace, mapping: dict) -> List[str]:
     out = []
     for attr, key in mapping.items():
@@ -114,10 +121,7 @@ def _eval(argv: Optional[List[str]]) -> int:
     from .engine import episode_sampler, evaluate, format_result, load_trained
     from .engine.checkpoint import atomic_write_text
 
-    overrides = _flag_overrides(args, {
-        "data_root": "data.root", "dataset": "data.name", "way": "episode.n_way",
-        "shot": "episode.n_shot", "query": "eval.n_query", "device": "run.device", "episodes": "eval.episodes",
-        "episodes_file": "eval.episodes_file", "split": "eval.split", "seed": "eval.seed"})
+    overrides = _flag_overrides(args, EVAL_FLAGS)
     config, model = load_trained(args.checkpoint, overrides + args.overrides)
     device = next(model.parameters()).device
     e, ev = config.episode, config.eval
@@ -174,10 +178,7 @@ def _visualize(argv: Optional[List[str]]) -> int:
     from .models import DeepEMD
     from .viz import draw, explain_episode
 
-    overrides = _flag_overrides(args, {
-        "data_root": "data.root", "dataset": "data.name", "way": "episode.n_way",
-        "shot": "episode.n_shot", "query": "eval.n_query", "device": "run.device",
-        "episodes_file": "eval.episodes_file", "split": "eval.split", "seed": "eval.seed"})
+    overrides = _flag_overrides(args, EVAL_FLAGS)
     config, model = load_trained(args.checkpoint, overrides + args.overrides)
     if not isinstance(model, DeepEMD):
         raise FewShotError(f"--checkpoint {args.checkpoint!r}: visualize.py draws DeepEMD matchings; "
@@ -192,8 +193,7 @@ def _visualize(argv: Optional[List[str]]) -> int:
     bad = [q for q in args.queries if not 0 <= q < n_queries]
     if bad:
         raise FewShotError(f"--queries {bad}: the episode has queries 0 .. {n_queries - 1}")
-    if os.path.dirname(os.path.abspath(args.out)):
-        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     explanations = explain_episode(model, episode, args.queries, args.top_flows)
     groups = [[x] for x in explanations] if args.per_query else [explanations]
     for group in groups:

@@ -1,8 +1,12 @@
-# Shared by the 2-core CPU recipes (sourced after D, R, CFG are set and "$@" holds the extra
-# key=value arguments): pretraining, DeepEMD-FCN and ProtoNet meta-training from the same
+# Shared by the 2-core CPU recipes (sourced with "$@" = DATA_ROOT OUT [key=value ...] after CFG
+# is set; sets D and R and leaves the key=value arguments in "$@"): pretraining, DeepEMD-FCN and ProtoNet meta-training from the same
 # backbone, fixed val manifests (1-shot and 5-shot, episode seed 2: not the seed-1 episodes
 # that selected the checkpoints) and both methods evaluated on them. Defines EVAL, SFC, M1, M5
 # and `finish TITLE` for what the recipe adds afterwards.
+set -euo pipefail
+D=${1:?usage: $0 DATA_ROOT OUT [key=value ...]}
+R=${2:?usage: $0 DATA_ROOT OUT [key=value ...]}
+shift 2
 PY=${PYTHON:-.venv/bin/python}
 E1=${EPISODES_1SHOT:-1000}; E5=${EPISODES_5SHOT:-100}
 if [ "${SMOKE:-0}" = 1 ]; then   # a few steps of every stage on tiny images: what the tests run

@@ -7,10 +7,6 @@
 # exists, so the script resumes step by step.
 #   bash scripts/recipe_cub_cpu.sh PATH/cub OUT [key=value ...]
 # Env: EPISODES_1SHOT (default 1000), EPISODES_5SHOT (default 100), MINI_RUN, PYTHON, SMOKE=1.
-set -euo pipefail
-D=${1:?usage: $0 CUB_ROOT OUT [key=value ...]}
-R=${2:?usage: $0 CUB_ROOT OUT [key=value ...]}
-shift 2
 CFG=configs/conv4_cub.yaml
 source "$(dirname "$0")/_recipe_cpu.sh"
 if [ -n "${MINI_RUN:-}" ]; then   # cross-domain: miniImageNet models on the same CUB episodes

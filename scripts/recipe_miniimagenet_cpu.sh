@@ -10,10 +10,6 @@
 #   bash scripts/recipe_miniimagenet_cpu.sh PATH/miniimagenet OUT [key=value ...]
 # Env: EPISODES_1SHOT (default 1000), EPISODES_5SHOT (default 100), PYTHON (default
 # .venv/bin/python), SMOKE=1 (a few steps of every stage on tiny images: what the tests run).
-set -euo pipefail
-D=${1:?usage: $0 DATA_ROOT OUT [key=value ...]}
-R=${2:?usage: $0 DATA_ROOT OUT [key=value ...]}
-shift 2
 CFG=configs/conv4_miniimagenet.yaml
 source "$(dirname "$0")/_recipe_cpu.sh"
 # what pretraining alone buys: both methods on the pretrained backbone, no meta-training
