@@ -13,15 +13,12 @@ the pixels). Reported: images per second of each path and their ratio, in one ru
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 import time
 
 import numpy as np
 import torch
 from PIL import Image
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from _common import write_results  # noqa: E402
 from fewshot.data import build_transform, device_augment  # noqa: E402

@@ -25,7 +25,6 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch  # noqa: E402
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from fewshot.engine import episode_sampler, load_trained  # noqa: E402
 from fewshot.engine.evaluate import encode_images  # noqa: E402

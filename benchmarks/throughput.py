@@ -227,12 +227,10 @@ def main() -> None:
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        sys.path.insert(0, os.path.dirname(HERE))
         import fewshot  # noqa: F401  (first, as in train.py: the allocator setting at start-up)
         print(json.dumps(_worker(json.loads(args.worker))))
         return
-    sys.path.insert(0, HERE)
-    from _common import write_results
+    from _common import write_results     # benchmarks/ is the script's folder, first on sys.path
 
     rows = []
     for kind, table, steps in (("pretrain", PRETRAIN, args.steps), ("meta", META, args.meta_steps)):

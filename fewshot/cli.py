@@ -56,11 +56,27 @@ def _flag_overrides(args: argparse.Namespace, mapping: dict) -> List[str]:
     return out
 
 
+def _one_line(e: FewShotError) -> str:
+    """The message of ``e`` on one line. An error raised in a DataLoader worker arrives
+    re-raised with the worker's traceback in its message; its last line is the message."""
+    text = str(e).strip()
+    if "\nOriginal Traceback" in text:
+        text = text.splitlines()[-1]
+        name = type(e).__name__
+        text = text.split(f"{name}: ", 1)[1] if f"{name}: " in text else text
+    return " ".join(text.split("\n"))
+
+
 def _run(main, argv: Optional[List[str]]) -> int:
     try:
         return main(argv)
     except FewShotError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {_one_line(e)}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        if e.filename is None:
+            raise
+        print(f"error: {e.filename!r}: {e.strerror or e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
@@ -119,7 +135,7 @@ def _eval(argv: Optional[List[str]]) -> int:
 
     from .data import write_manifest
     from .engine import episode_sampler, evaluate, format_result, load_trained
-    from .engine.checkpoint import atomic_write_text
+    from ._io import atomic_write_text
 
     overrides = _flag_overrides(args, EVAL_FLAGS)
     config, model = load_trained(args.checkpoint, overrides + args.overrides)

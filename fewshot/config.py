@@ -341,5 +341,5 @@ def check(config: Config) -> None:
 
 
 def save_config(config: Config, path: str) -> None:
-    from .engine.checkpoint import atomic_write_text
+    from ._io import atomic_write_text
     atomic_write_text(path, yaml.safe_dump(config.to_dict(), sort_keys=False))

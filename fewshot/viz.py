@@ -25,7 +25,7 @@ import torch
 
 from .data.episodes import Episode
 from .data.transforms import MEAN, STD
-from .models.deepemd import DeepEMD, emd_logits, emd_problem
+from .models.deepemd import DeepEMD
 
 
 @dataclass
@@ -80,10 +80,8 @@ def explain_episode(model: DeepEMD, episode: Episode, queries: Optional[Sequence
     proto = model.prototypes
     chosen = list(range(len(ep.query_labels))) if queries is None else list(queries)
     q = query_nodes[chosen]
-    solver, options = model._layer()
-    logits, result = emd_logits(q, proto, solver, options, model.temperature, model.metric,
-                                model.center, return_result=True)
-    _, a, b = emd_problem(q, proto, model.metric, model.center)
+    logits, result = model.head(q, proto, return_result=True)
+    _, a, b = model.head.problem(q, proto)
     W, M, N = proto.shape[0], q.shape[2], proto.shape[2]
     plan = result.plan.reshape(len(chosen), W, M, N)
     out = []

@@ -19,7 +19,6 @@ import time
 
 import torch
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from fewshot.emd import MatchingTransformer  # noqa: E402
 from fewshot.emd._learned import random_problems, save_model, train_matcher  # noqa: E402
@@ -68,6 +67,7 @@ def main(argv=None) -> int:
     parser.add_argument("--checkpoint", help="trained DeepEMD checkpoint: also train on its patch features")
     parser.add_argument("--data-root")
     parser.add_argument("--feature-images", type=int, default=2000)
+    parser.add_argument("--float16", action="store_true", help="store the weights in float16 (half the size)")
     args = parser.parse_args(argv)
     torch.manual_seed(args.seed)
     model = MatchingTransformer(dim=args.dim, layers=args.layers)
@@ -90,7 +90,7 @@ def main(argv=None) -> int:
             "deepemd_checkpoint": args.checkpoint, "final_loss": history[-1],
             "seconds": time.perf_counter() - t}
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    save_model(model, args.out, info)
+    save_model(model, args.out, info, float16=args.float16)
     print(f"saved {args.out} ({sum(p.numel() for p in model.parameters())} parameters, "
           f"{info['seconds']:.0f} s)")
     return 0

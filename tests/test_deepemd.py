@@ -109,32 +109,25 @@ def test_sfc_lowers_support_loss():
     assert model.sfc_loss(feats, ys, model.prototypes) < before - 0.05
 
 
-def test_sfc_warm_started_sinkhorn_matches_cold_start_with_far_fewer_iterations(monkeypatch):
+def test_sfc_warm_started_sinkhorn_matches_cold_start_with_far_fewer_iterations():
     """SFC through Sinkhorn keeps each support image's potentials between steps: the
     prototypes equal those of cold-started solves, for a fraction of the iterations; the
     shuffling is seeded by ``sfc_seed``, so the global RNG does not change the result."""
-    import fewshot.emd._sinkhorn as sinkhorn_module
+    import dataclasses
     g = torch.Generator().manual_seed(3)
     feats = torch.randn(10, 64, 25, generator=g, dtype=torch.float64)
     labels = torch.arange(5).repeat_interleave(2)
     model = create_model("deepemd", "conv4", {"hidden": 16},
                          {"solver": "sinkhorn", "solver_options": {"tol": 1e-4},
                           "sfc_steps": 3}).eval()
-    iterations = []
-    original = sinkhorn_module._iterate
-
-    def counting(*args, **kwargs):
-        out = original(*args, **kwargs)
-        iterations.append(out[2])
-        return out
-
-    monkeypatch.setattr(sinkhorn_module, "_iterate", counting)
     torch.manual_seed(0)
-    warm = model.structured_fc(feats, labels)
-    warm_iterations, iterations[:] = sum(iterations), []
+    warm_stats, cold_stats = {}, {}
+    warm = model.structured_fc(feats, labels, warm_stats)
     torch.manual_seed(1)   # the global RNG plays no part
-    model.sfc["warm_start"] = False                # model option sfc_warm_start
-    cold = model.structured_fc(feats, labels)
+    model.sfc = dataclasses.replace(model.sfc, warm_start=False)   # model option sfc_warm_start
+    cold = model.structured_fc(feats, labels, cold_stats)
+    assert warm_stats["solves"] == cold_stats["solves"] == 3 * 3
+    warm_iterations, iterations = warm_stats["iterations"], [cold_stats["iterations"]]
     assert warm_iterations < sum(iterations) / 3
     torch.testing.assert_close(warm, cold, atol=1e-5, rtol=0)
     assert (warm - class_means(feats, labels)).abs().max() > 1e-3   # SFC did move them

@@ -73,3 +73,31 @@ def test_unknown_engine_is_an_error():
     cost, a, b = cosine_problems(1, 3, 3)
     with pytest.raises(ValueError, match="engine"):
         solve(cost, a, b, solver="exact", engine="lemon")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("engine", ["simplex", "pot"])
+def test_exact_is_scale_invariant(dtype, engine):
+    """The LP optimum for costs scaled by 1e-14 ... 1e8, in float32 and float64: the value is
+    the scale times scipy HiGHS's value of the unscaled problem (the plan of an LP does not
+    depend on the scale of its cost)."""
+    from emd_reference import lp_emd
+    from fewshot import emd
+
+    g = torch.Generator().manual_seed(3)
+    cost = torch.rand(4, 6, 7, generator=g, dtype=torch.float64)
+    a = torch.rand(4, 6, generator=g, dtype=torch.float64) + 0.1
+    b = torch.rand(4, 7, generator=g, dtype=torch.float64) + 0.1
+    b = b * a.sum(1, keepdim=True) / b.sum(1, keepdim=True)
+    reference = torch.tensor([lp_emd(cost[i].numpy(), a[i].numpy(), b[i].numpy()) for i in range(4)],
+                             dtype=torch.float64)
+    rtol = 1e-9 if dtype == torch.float64 else 1e-5
+    for exponent in range(-14, 9):
+        scale = 10.0 ** exponent
+        c = (cost * scale).to(dtype)
+        r = emd.solve(c, a.to(dtype), b.to(dtype), solver="exact", engine=engine)
+        got = r.value.double() / scale          # float32: inputs rounded to ~1e-7 relative
+        torch.testing.assert_close(got, reference, rtol=rtol, atol=0, msg=f"scale 1e{exponent}")
+        f, g_ = r.potentials
+        dual = ((f.double() * a).sum(1) + (g_.double() * b).sum(1)) / scale
+        torch.testing.assert_close(dual, reference, rtol=rtol, atol=0, msg=f"dual at 1e{exponent}")

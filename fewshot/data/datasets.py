@@ -167,6 +167,7 @@ def read_split_csv(csv_path: str, image_dir: str) -> Tuple[List[str], List[List[
         rel = os.path.relpath(dirpath, image_dir)
         existing.update(f if rel == "." else os.path.join(rel, f) for f in files)
     classes: Dict[str, List[str]] = {}
+    seen: Dict[str, int] = {}
     with open(csv_path, newline="") as f:
         rows = list(csv.reader(f))
     if not rows or [c.strip().lower() for c in rows[0]] != ["filename", "label"]:
@@ -179,6 +180,10 @@ def read_split_csv(csv_path: str, image_dir: str) -> Tuple[List[str], List[List[
             raise DataError(f"split file {csv_path!r}, line {lineno}: expected 'filename,label', "
                             f"got {','.join(row)!r}")
         name, label = row[0].strip(), row[1].strip()
+        if name in seen:
+            raise DataError(f"split file {csv_path!r}, line {lineno}: image {name!r} is listed again "
+                            f"(first on line {seen[name]})")
+        seen[name] = lineno
         if name not in existing:
             raise DataError(f"split file {csv_path!r}, line {lineno}: image {name!r} not found "
                             f"in {image_dir!r}")

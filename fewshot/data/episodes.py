@@ -212,7 +212,7 @@ class ManifestSampler:
 def write_manifest(path: str, dataset: ImageDataset, episodes: Sequence[EpisodeIndex],
                    n_shot: int, n_query: int) -> None:
     """Write ``episodes`` as JSON (``.json``) or CSV (anything else) with paths relative to the root."""
-    from ..engine.checkpoint import atomic_write_text
+    from .._io import atomic_write_text
     n_way = episodes[0].n_way if episodes else 0
     if path.endswith(".json"):
         doc = {"format": MANIFEST_FORMAT, "dataset": dataset.name, "n_way": n_way,
@@ -247,10 +247,11 @@ def read_manifest(path: str) -> dict:
                 doc = json.load(f)
             if doc.get("format") != MANIFEST_FORMAT:
                 raise KeyError("format")
-            return {k: doc[k] for k in ("n_way", "n_shot", "n_query", "episodes")}
+            spec = {k: doc[k] for k in ("n_way", "n_shot", "n_query", "episodes")}
         except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as e:
             raise DataError(f"episode manifest {path!r}: expected JSON with format "
                             f"{MANIFEST_FORMAT!r} and keys n_way, n_shot, n_query, episodes ({e})") from None
+        return _check_manifest(spec, path)
     with open(path, newline="") as f:
         rows = list(csv.DictReader(f))
     expected = ["episode", "set", "label", "class", "path"]
@@ -275,5 +276,37 @@ def read_manifest(path: str) -> dict:
                     "support": ep["support"], "query": ep["query"]})
     first = out[0]
     n_way = len(first["classes"])
-    return {"n_way": n_way, "n_shot": len(first["support"]) // n_way,
-            "n_query": len(first["query"]) // n_way, "episodes": out}
+    return _check_manifest({"n_way": n_way, "n_shot": len(first["support"]) // n_way,
+                            "n_query": len(first["query"]) // n_way, "episodes": out}, path)
+
+
+def _check_manifest(spec: dict, path: str) -> dict:
+    """``spec`` if it describes valid episodes, else DataError naming the file, episode and key."""
+    where = f"episode manifest {path!r}"
+    for key, low in (("n_way", 2), ("n_shot", 1), ("n_query", 1)):
+        v = spec[key]
+        if isinstance(v, bool) or not isinstance(v, int) or v < low:
+            raise DataError(f"{where}: {key} must be an integer >= {low}, got {v!r}")
+    episodes = spec["episodes"]
+    if not isinstance(episodes, list) or not episodes:
+        raise DataError(f"{where}: 'episodes' must be a non-empty list of episodes, got {episodes!r:.60}")
+    n_way = spec["n_way"]
+    for e, ep in enumerate(episodes):
+        if not isinstance(ep, dict) or sorted(ep) != ["classes", "query", "support"]:
+            raise DataError(f"{where}, episode {e}: expected the keys classes, support and query")
+        for key, n in (("classes", n_way), ("support", n_way * spec["n_shot"]),
+                       ("query", n_way * spec["n_query"])):
+            items = ep[key]
+            if not isinstance(items, list) or not all(isinstance(x, str) for x in items):
+                raise DataError(f"{where}, episode {e}: '{key}' must be a list of strings")
+            if len(items) != n:
+                raise DataError(f"{where}, episode {e}: '{key}' lists {len(items)} entries; n_way "
+                                f"{n_way}, n_shot {spec['n_shot']} and n_query {spec['n_query']} "
+                                f"need {n}")
+            if len(set(items)) != len(items):
+                raise DataError(f"{where}, episode {e}: '{key}' lists an entry twice")
+        both = set(ep["support"]) & set(ep["query"])
+        if both:
+            raise DataError(f"{where}, episode {e}: image {sorted(both)[0]!r} is both a support "
+                            f"and a query image")
+    return spec

@@ -5,72 +5,106 @@
 ``cost`` [B, M, N], ``a`` [B, M], ``b`` [B, N] (non-negative, each problem's ``a``
 and ``b`` with the same total mass); the result carries ``plan`` [B, M, N],
 ``value`` [B] and, where the solver has them, ``potentials`` (f [B, M], g [B, N]).
-Solvers are registered by name (:func:`solvers`); each module states how its
-solver differentiates. Solvers that work on node positions (``chain``) also take the
-nodes as options ``x`` [B, M, D] and ``y`` [B, N, D] (:func:`needs_points`); solvers
-that can start from given potentials take ``init`` = (f [B, M], g [B, N])
-(:func:`warm_starts`).
+As in OTT-JAX and POT, problem, solver and result are kept apart: a solver is
+built once from its name and options (:func:`make_solver`), which checks every
+option's type and range then, and is called on problems; ``solve`` does both. Each
+solver's :class:`SolverSpec` declares its options, how it differentiates
+(``Solver.differentiation``), whether it needs the node positions ``x`` [B, M, D] and
+``y`` [B, N, D] (``needs_points``, e.g. ``chain``) and whether it starts from given
+potentials ``init`` = (f [B, M], g [B, N]) (``warm_starts``, e.g. ``sinkhorn``).
 """
 from __future__ import annotations
 
-from typing import Callable, List
+from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 import torch
 
-from ..registry import Registry
-from ._chain import chain_emd, monotone_plan, solve_chain
-from ._cvxpylayers import solve_cvxpylayers
-from ._exact import solve_exact
-from ._learned import MatchingTransformer, learned_emd, solve_learned
-from ._problem import EMDInputError, EMDResult, check_problem
-from ._qpth import EMDSolverError, solve_qpth
-from ._sinkhorn import solve_sinkhorn
-from ._tree import solve_tree
+from ..errors import ConfigError
+from . import _chain, _cvxpylayers, _exact, _learned, _qpth, _sinkhorn, _tree
+from ._chain import chain_emd, monotone_plan
+from ._learned import MatchingTransformer, learned_emd
+from ._problem import EMDInputError, EMDResult, EMDSolverError
+from ._solver import Option, Solver, SolverSpec, build, spec_from_signature
 from .hierarchy import TreeEMDLoss, tree_emd
 
-SOLVERS = Registry("EMD solver")
-SOLVERS.register("exact")(solve_exact)
-SOLVERS.register("qpth")(solve_qpth)
-SOLVERS.register("sinkhorn")(solve_sinkhorn)
-SOLVERS.register("cvxpylayers")(solve_cvxpylayers)
-SOLVERS.register("tree")(solve_tree)
-SOLVERS.register("chain")(solve_chain)
-SOLVERS.register("learned")(solve_learned)
+_SPECS: Dict[str, SolverSpec] = {
+    "exact": _exact.SPEC, "qpth": _qpth.SPEC, "sinkhorn": _sinkhorn.SPEC,
+    "cvxpylayers": _cvxpylayers.SPEC, "tree": _tree.SPEC, "chain": _chain.SPEC,
+    "learned": _learned.SPEC,
+}
 
 
 def solvers() -> List[str]:
     """Names of the registered solvers."""
-    return SOLVERS.names()
+    return sorted(_SPECS)
+
+
+def spec(name: str) -> SolverSpec:
+    """The registered SolverSpec of solver ``name`` (ConfigError for an unknown name)."""
+    if name not in _SPECS:
+        raise ConfigError(f"unknown EMD solver {name!r}; available: {', '.join(solvers())}")
+    return _SPECS[name]
+
+
+def make_solver(name: str, options: Optional[Dict[str, Any]] = None, where: str = "") -> Solver:
+    """Build solver ``name`` with ``options``, checking every option's type and range.
+
+    Errors are ConfigErrors naming ``where.key`` (``where`` defaults to the solver name),
+    e.g. ``model.options.solver_options.epsilon: expected a finite number > 0, got -1``."""
+    if not isinstance(name, str):
+        raise ConfigError(f"{where or 'solver'}: expected an EMD solver name, got {name!r}")
+    if options is not None and not isinstance(options, dict):
+        raise ConfigError(f"{where or name}: expected a mapping of solver options, got {options!r}")
+    return build(name, spec(name), options, where or name)
 
 
 def needs_points(solver: str) -> bool:
     """Whether ``solver`` needs the node positions ``x`` and ``y`` besides ``cost``."""
-    return bool(getattr(SOLVERS.get(solver), "needs_points", False))
+    return spec(solver).needs_points
 
 
 def warm_starts(solver: str) -> bool:
     """Whether ``solver`` accepts ``init`` potentials (f [B, M], g [B, N]) to start from."""
-    return bool(getattr(SOLVERS.get(solver), "warm_start", False))
+    return spec(solver).warm_starts
 
 
-def register_solver(name: str) -> Callable:
-    """Decorator adding ``fn(cost, a, b, **options) -> EMDResult`` as solver ``name``."""
-    return SOLVERS.register(name)
+def register_solver(name: str, options: Optional[Dict[str, Option]] = None, differentiation: str = "",
+                    needs_points: bool = False, warm_starts: bool = False) -> Callable:
+    """Decorator adding ``fn(cost, a, b, **options) -> EMDResult`` as solver ``name``.
+
+    ``options``: name -> Option of every option (default: ``fn``'s keyword arguments,
+    typed by their defaults, without range checks)."""
+    def decorator(fn: Callable) -> Callable:
+        if name in _SPECS:
+            raise KeyError(f"EMD solver {name!r} is registered twice")
+        kw = dict(differentiation=differentiation, needs_points=needs_points, warm_starts=warm_starts)
+        _SPECS[name] = SolverSpec(fn, options, **kw) if options is not None else spec_from_signature(fn, **kw)
+        return fn
+    return decorator
 
 
-def solve(cost: torch.Tensor, a: torch.Tensor, b: torch.Tensor, solver: str = "exact",
-          **options) -> EMDResult:
-    """Solve the batch of EMD problems (cost [B, M, N], a [B, M], b [B, N]) with ``solver``.
+def solve(cost: torch.Tensor, a: torch.Tensor, b: torch.Tensor, solver: Union[str, Solver] = "exact", *,
+          x: Optional[torch.Tensor] = None, y: Optional[torch.Tensor] = None,
+          init: Optional[Tuple[torch.Tensor, torch.Tensor]] = None, **options) -> EMDResult:
+    """Solve the batch of EMD problems (cost [B, M, N], a [B, M], b [B, N]) with ``solver``
+    (a name and its ``options``, or a built :class:`Solver`).
 
+    ``x`` [B, M, D], ``y`` [B, N, D]: node coordinates, for solvers that need them;
+    ``init`` (f [B, M], g [B, N]): starting potentials, for solvers that warm-start.
     Raises EMDInputError (naming the argument) for NaN/inf, negative or zero-mass
-    weights, unequal masses, mismatched shapes, dtypes or devices; unknown solver
-    options raise ConfigError. The result lies on the input's device, in its dtype.
+    weights, unequal masses, mismatched shapes, dtypes or devices; unknown or invalid
+    solver options raise ConfigError. The result lies on the input's device, in its dtype.
     """
-    check_problem(cost, a, b)
-    return SOLVERS.create(solver, where=f"options of EMD solver {solver!r}", cost=cost, a=a, b=b,
-                          **options)
+    if isinstance(solver, Solver):
+        if options:
+            raise ConfigError(f"solve: options {sorted(options)} given with a built solver; "
+                              f"build it with them instead")
+    else:
+        solver = make_solver(solver, options)
+    return solver(cost, a, b, x=x, y=y, init=init)
 
 
-__all__ = ["solve", "solvers", "register_solver", "EMDResult", "EMDInputError", "EMDSolverError",
-           "SOLVERS", "TreeEMDLoss", "tree_emd", "chain_emd", "monotone_plan", "needs_points", "warm_starts",
-           "MatchingTransformer", "learned_emd"]
+__all__ = ["solve", "solvers", "make_solver", "spec", "register_solver", "Solver", "SolverSpec",
+           "Option", "EMDResult", "EMDInputError", "EMDSolverError", "TreeEMDLoss", "tree_emd",
+           "chain_emd", "monotone_plan", "needs_points", "warm_starts", "MatchingTransformer",
+           "learned_emd"]

@@ -29,6 +29,7 @@ from typing import Optional
 import torch
 
 from ._problem import EMDInputError, EMDResult
+from ._solver import Option, SolverSpec
 from ._tree import _ZeroSum
 
 
@@ -87,8 +88,6 @@ def solve_chain(cost: torch.Tensor, a: torch.Tensor, b: torch.Tensor,
             or (x.dim() == 3 and x.shape[2] != y.shape[2]):
         raise EMDInputError(f"chain: x must be [B, M] or [B, M, D] and y [B, N] or [B, N, D] with "
                             f"B, M, N = {B}, {M}, {N}; got x {tuple(x.shape)} and y {tuple(y.shape)}")
-    if n_projections < 1:
-        raise ValueError(f"chain n_projections must be >= 1, got {n_projections}")
     x, y = x.detach(), y.detach()
     if x.dim() == 2:
         plan = monotone_plan(x, y, a, b)
@@ -104,4 +103,9 @@ def solve_chain(cost: torch.Tensor, a: torch.Tensor, b: torch.Tensor,
                      info={"n_projections": n_projections})
 
 
-solve_chain.needs_points = True   # emd.needs_points: DeepEMD passes its node features
+SPEC = SolverSpec(
+    solve_chain,
+    {"n_projections": Option(16, int, low=1), "seed": Option(0, int, low=0)},
+    differentiation="d value / d cost = plan; a and b by autograd through the closed-form "
+                    "monotone coupling; the coordinates get no gradient",
+    needs_points=True)

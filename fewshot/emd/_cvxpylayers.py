@@ -18,6 +18,7 @@ import warnings
 import torch
 
 from ._problem import EMDResult
+from ._solver import Option, SolverSpec
 
 
 @functools.lru_cache(maxsize=16)
@@ -55,3 +56,12 @@ def solve_cvxpylayers(cost: torch.Tensor, a: torch.Tensor, b: torch.Tensor,
     value = (plan * cost.to(f64)).sum((1, 2))
     return EMDResult(plan=plan.to(cost.dtype), value=value.to(cost.dtype), solver="cvxpylayers",
                      info={"regularization": regularization})
+
+
+SPEC = SolverSpec(
+    solve_cvxpylayers,
+    {"regularization": Option(1e-4, float, low=0),
+     "eps": Option(1e-9, float, low=0, low_open=True),
+     "max_iters": Option(100_000, int, low=1)},
+    differentiation="cvxpylayers: the derivative of the cone program's solution map (diffcp); "
+                    "gradients reach cost, a and b through the plan")

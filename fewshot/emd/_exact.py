@@ -15,7 +15,9 @@ a dual optimum itself (mean(f) = 0, value = <f, a> + <g, b>). The plan itself is
 constant in ``cost`` and is returned without gradient; losses should be written
 through ``value`` (DeepEMD's logits are: sum(plan * (1 - cost)) = mass - value).
 Problems are solved on the CPU in float64 and the results moved back to the
-input's device and dtype.
+input's device and dtype. Each problem's cost is divided by its largest magnitude before
+the simplex runs (the plan of an LP does not change when its cost is scaled; value and
+potentials are scaled back), so the optimum is found for costs of any magnitude.
 """
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ import numpy as np
 import torch
 
 from ._problem import EMDResult
+from ._solver import Option, SolverSpec
 
 
 def _pot_one(cost, a, b, max_iter, i):
@@ -38,22 +41,21 @@ def _pot_one(cost, a, b, max_iter, i):
 def _network_simplex(cost: np.ndarray, a: np.ndarray, b: np.ndarray, max_iter: int,
                      engine: str = "simplex"):
     b = b * (a.sum(-1, keepdims=True) / b.sum(-1, keepdims=True))  # equal masses to machine precision
+    scale = np.abs(cost).max(axis=(1, 2))                 # [B]: solve each problem in units of its
+    scale[scale == 0] = 1.0                               # largest cost (scale invariance)
+    cost = cost / scale[:, None, None]
     if engine == "simplex":
         from ._simplex import solve_batch
 
-        tol = 1e-12 * max(1.0, float(np.abs(cost).max(initial=0.0)))
-        plan, value, f, g, code, _ = solve_batch(cost, a, b, max_iter, tol)
+        plan, value, f, g, code, _ = solve_batch(cost, a, b, max_iter, 1e-12)
         for i in np.flatnonzero(code != 1):
             plan[i], value[i], f[i], g[i] = _pot_one(cost[i], a[i], b[i], max_iter, i)
-        return plan, value, f, g
-    B, M, N = cost.shape
-    plan = np.empty((B, M, N))
-    f = np.empty((B, M))
-    g = np.empty((B, N))
-    value = np.empty(B)
-    for i in range(B):
-        plan[i], value[i], f[i], g[i] = _pot_one(cost[i], a[i], b[i], max_iter, i)
-    return plan, value, f, g
+    else:
+        B, M, N = cost.shape
+        plan, f, g, value = np.empty((B, M, N)), np.empty((B, M)), np.empty((B, N)), np.empty(B)
+        for i in range(B):
+            plan[i], value[i], f[i], g[i] = _pot_one(cost[i], a[i], b[i], max_iter, i)
+    return plan, value * scale, f * scale[:, None], g * scale[:, None]
 
 
 ENGINES = ("simplex", "pot")
@@ -89,7 +91,12 @@ def solve_exact(cost: torch.Tensor, a: torch.Tensor, b: torch.Tensor,
 
     ``engine``: ``"simplex"`` (compiled, batched, parallel) or ``"pot"`` (POT per problem).
     """
-    if engine not in ENGINES:
-        raise ValueError(f"exact solver: engine must be one of {ENGINES}, got {engine!r}")
     value, plan, f, g = _ExactEMD.apply(cost, a, b, max_iter, engine)
     return EMDResult(plan=plan, value=value, potentials=(f, g), solver="exact")
+
+
+SPEC = SolverSpec(
+    solve_exact,
+    {"max_iter": Option(100_000, int, low=1), "engine": Option("simplex", str, choices=ENGINES)},
+    differentiation="envelope theorem: d value / d cost = plan, d value / d (a, b) = the "
+                    "centred dual potentials; the plan carries no gradient")

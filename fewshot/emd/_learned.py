@@ -36,6 +36,7 @@ import torch.nn as nn
 
 from ..errors import ConfigError
 from ._problem import EMDResult
+from ._solver import Option, SolverSpec
 from ._sinkhorn import _iterate
 
 TOKEN_FEATURES = 4
@@ -120,9 +121,13 @@ def round_to_polytope(plan: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> t
 _LOADED: Dict[tuple, MatchingTransformer] = {}
 
 
-def save_model(model: MatchingTransformer, path: str, info: Optional[dict] = None) -> None:
-    from ..engine.checkpoint import save_checkpoint
-    save_checkpoint(path, {"config": model.config, "model": model.state_dict(), "info": info or {}})
+def save_model(model: MatchingTransformer, path: str, info: Optional[dict] = None,
+               float16: bool = False) -> None:
+    """Write ``model`` (its config, weights and ``info``); ``float16`` halves the file (the
+    weights are loaded back into the model's own dtype)."""
+    from .._io import save_checkpoint
+    state = {k: v.half() if float16 and v.is_floating_point() else v for k, v in model.state_dict().items()}
+    save_checkpoint(path, {"config": model.config, "model": state, "info": info or {}})
 
 
 def load_model(path: str, device: torch.device, dtype: torch.dtype) -> MatchingTransformer:
@@ -132,7 +137,7 @@ def load_model(path: str, device: torch.device, dtype: torch.dtype) -> MatchingT
         if not os.path.isfile(path):
             raise ConfigError(f"learned EMD solver: checkpoint {path!r} does not exist "
                               f"(train one with scripts/train_learned_emd.py)")
-        from ..engine.checkpoint import load_checkpoint
+        from .._io import load_checkpoint
         state = load_checkpoint(path)
         if "config" not in state or "model" not in state:
             raise ConfigError(f"learned EMD solver: {path!r} is not a learned-EMD checkpoint")
@@ -142,14 +147,16 @@ def load_model(path: str, device: torch.device, dtype: torch.dtype) -> MatchingT
     return _LOADED[key]
 
 
+DEFAULT_MODEL = os.path.join(os.path.dirname(os.path.abspath(__file__)), "learned_default.pt")
+
+
 def solve_learned(cost: torch.Tensor, a: torch.Tensor, b: torch.Tensor, checkpoint: str = "",
                   model: Optional[MatchingTransformer] = None, n_sinkhorn: int = 30) -> EMDResult:
     """Learned EMD of cost [B, M, N], a [B, M], b [B, N] from the transformer at ``checkpoint``
-    (or an in-memory ``model``); see the module docstring."""
+    (or an in-memory ``model``; neither: the model shipped with the package,
+    ``DEFAULT_MODEL``); see the module docstring."""
     if model is None:
-        if not checkpoint:
-            raise ConfigError("learned EMD solver: set solver_options.checkpoint to a trained model")
-        model = load_model(checkpoint, cost.device, cost.dtype)
+        model = load_model(checkpoint or DEFAULT_MODEL, cost.device, cost.dtype)
     plan = round_to_polytope(project(model(cost, a, b), a, b, n_sinkhorn), a, b)
     marginal = ((plan.sum(2) - a).abs().sum(1) + (plan.sum(1) - b).abs().sum(1)) / a.sum(1)
     return EMDResult(plan=plan, value=(plan * cost).sum((1, 2)), solver="learned",
@@ -232,3 +239,23 @@ def train_matcher(model: MatchingTransformer, steps: int, batch: int, n: int, se
             print(f"step {step + 1}: loss {sum(history[-log_every:]) / log_every:.4f}", flush=True)
     model.eval()
     return history
+
+
+def _check_options(options: dict, where: str) -> None:
+    path = options["checkpoint"]
+    if options["model"] is not None:
+        if not isinstance(options["model"], MatchingTransformer):
+            raise ConfigError(f"{where}.model: expected a MatchingTransformer, "
+                              f"got {type(options['model']).__name__}")
+        if path:
+            raise ConfigError(f"{where}: give checkpoint or model, not both")
+    elif path and not os.path.isfile(path):
+        raise ConfigError(f"{where}.checkpoint: {path!r} does not exist "
+                          f"(train one with scripts/train_learned_emd.py)")
+
+
+SPEC = SolverSpec(
+    solve_learned,
+    {"checkpoint": Option("", str), "model": Option(None, object), "n_sinkhorn": Option(30, int, low=1)},
+    differentiation="autograd through the network and the unrolled Sinkhorn projection",
+    check=_check_options)

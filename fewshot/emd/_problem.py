@@ -13,6 +13,10 @@ class EMDInputError(FewShotError, ValueError):
     """An argument of :func:`fewshot.emd.solve` has the wrong shape, dtype, device or values."""
 
 
+class EMDSolverError(FewShotError, RuntimeError):
+    """A solver failed to produce a usable answer (non-finite, or far from feasible)."""
+
+
 @dataclass
 class EMDResult:
     """Solution of a batch of transport problems.

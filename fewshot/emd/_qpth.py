@@ -22,12 +22,8 @@ from __future__ import annotations
 
 import torch
 
-from ..errors import FewShotError
-from ._problem import EMDResult
-
-
-class EMDSolverError(FewShotError, RuntimeError):
-    """A solver failed to produce a finite answer."""
+from ._problem import EMDResult, EMDSolverError
+from ._solver import Option, SolverSpec
 
 
 def marginal_matrix(M: int, N: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
@@ -44,8 +40,6 @@ def solve_qpth(cost: torch.Tensor, a: torch.Tensor, b: torch.Tensor, form: str =
     """Regularised EMD of cost [B, M, N], a [B, M], b [B, N] with qpth; see the module docstring."""
     from qpth.qp import QPFunction
 
-    if form not in ("L2", "QP"):
-        raise ValueError(f"qpth form must be 'L2' or 'QP', got {form!r}")
     B, M, N = cost.shape
     dev, f64 = cost.device, torch.float64
     c = cost.to(f64)
@@ -73,3 +67,14 @@ def solve_qpth(cost: torch.Tensor, a: torch.Tensor, b: torch.Tensor, form: str =
     value = (plan * c).sum(dim=(1, 2))
     return EMDResult(plan=plan.to(cost.dtype), value=value.to(cost.dtype), solver="qpth",
                      info={"form": form})
+
+
+SPEC = SolverSpec(
+    solve_qpth,
+    {"form": Option("L2", str, choices=("L2", "QP")),
+     "l2_strength": Option(1e-6, float, low=0, low_open=True),
+     "qp_ridge": Option(1e-4, float, low=0, low_open=True),
+     "max_iter": Option(30, int, low=1),
+     "eps": Option(1e-12, float, low=0, low_open=True)},
+    differentiation="implicit differentiation of the QP's KKT conditions (qpth): gradients "
+                    "reach cost through plan and value, a and b through the plan")

@@ -29,7 +29,8 @@ from typing import Optional, Tuple
 
 import torch
 
-from ._problem import EMDResult
+from ._problem import EMDResult, EMDSolverError
+from ._solver import Option, SolverSpec
 
 
 def _lse(x: torch.Tensor, dim: int) -> torch.Tensor:
@@ -115,16 +116,16 @@ def _check_init(init, B, M, N, cost):
 
 def solve_sinkhorn(cost: torch.Tensor, a: torch.Tensor, b: torch.Tensor, epsilon: float = 0.01,
                    max_iter: int = 5000, tol: float = 1e-3, epsilon_scaling: float = 0.0,
-                   gradient: str = "implicit",
+                   gradient: str = "implicit", on_unconverged: str = "error",
                    init: Optional[Tuple[torch.Tensor, torch.Tensor]] = None) -> EMDResult:
     """Entropic EMD of cost [B, M, N], a [B, M], b [B, N]; see the module docstring.
 
     ``init``: optional starting potentials (f [B, M], g [B, N]), e.g. a previous result's
-    ``potentials``; they replace the cold start and any epsilon scaling."""
-    if gradient not in ("implicit", "unrolled"):
-        raise ValueError(f"sinkhorn gradient must be 'implicit' or 'unrolled', got {gradient!r}")
-    if epsilon <= 0:
-        raise ValueError(f"sinkhorn epsilon must be > 0, got {epsilon}")
+    ``potentials``; they replace the cold start and any epsilon scaling.
+    ``on_unconverged``: ``"error"`` raises EMDSolverError when a problem's marginal error is
+    still above 10 * ``tol`` after ``max_iter`` iterations (its plan would be far from
+    feasible: typically ``epsilon`` is tiny against the costs); ``"ignore"`` returns it,
+    with ``info["converged"]`` False."""
     B, M, N = cost.shape
     unrolled = gradient == "unrolled"
     c = cost if unrolled else cost.detach()
@@ -137,8 +138,6 @@ def solve_sinkhorn(cost: torch.Tensor, a: torch.Tensor, b: torch.Tensor, epsilon
         f, g = _check_init(init, B, M, N, cost)
     schedule = [epsilon]
     if epsilon_scaling and init is None:
-        if not 0 < epsilon_scaling < 1:
-            raise ValueError("sinkhorn epsilon_scaling must be in (0, 1)")
         start = max(float(c.detach().abs().max()), epsilon)
         k = max(0, math.ceil(math.log(epsilon / start) / math.log(epsilon_scaling)))
         schedule = [max(epsilon, start * epsilon_scaling ** i) for i in range(k)] + [epsilon]
@@ -153,10 +152,27 @@ def solve_sinkhorn(cost: torch.Tensor, a: torch.Tensor, b: torch.Tensor, epsilon
         value = (plan * cost).sum((1, 2))
     else:
         value = _ImplicitValue.apply(cost, a, b, plan, epsilon)
+    if on_unconverged == "error" and bool((err > 10 * tol).any()):
+        worst = int(err.argmax())
+        scale = float(c[worst].abs().max())
+        raise EMDSolverError(
+            f"sinkhorn did not converge: problem {worst} has marginal error {float(err[worst]):.3g} "
+            f"after {total} iterations (tol {tol:g}, epsilon {epsilon:g}, costs up to {scale:.3g}); "
+            f"raise max_iter or epsilon (relative to the costs), or set epsilon_scaling")
     info = {"marginal_error": err, "converged": err <= tol, "iterations": total,
             "epsilon": epsilon, "gradient": gradient}
     return EMDResult(plan=plan if unrolled else plan.detach(), value=value,
                      potentials=(f.detach(), g.detach()), solver="sinkhorn", info=info)
 
 
-solve_sinkhorn.warm_start = True
+SPEC = SolverSpec(
+    solve_sinkhorn,
+    {"epsilon": Option(0.01, float, low=0, low_open=True),
+     "max_iter": Option(5000, int, low=1),
+     "tol": Option(1e-3, float, low=0, low_open=True),
+     "epsilon_scaling": Option(0.0, float, low=0, high=1, high_open=True),
+     "gradient": Option("implicit", str, choices=("implicit", "unrolled")),
+     "on_unconverged": Option("error", str, choices=("error", "ignore"))},
+    differentiation="implicit (default): implicit-function theorem at the Sinkhorn fixed point; "
+                    "unrolled: autograd through the iterations",
+    warm_starts=True)

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import time
-from typing import Dict, List, Optional, Union
+from typing import Dict, List, Union
 
 import torch
 from tqdm import tqdm

@@ -1,7 +1,9 @@
 """The two training stages: ``pretrain`` (classification over the base classes) and
 ``meta`` (episodic). Both log to TensorBoard, write ``last.pt`` and ``best.pt``
-atomically and resume exactly where ``last.pt`` was written: the batch order and the
-episodes are functions of (seed, step), and the RNG states travel in the checkpoint.
+atomically and resume exactly where ``last.pt`` was written: the batch order, the
+episodes and every item's augmentation are functions of (seed, epoch, position), the
+data loaders draw from their own generators, and the RNG states travel in the checkpoint,
+so a run killed at any point and resumed ends with the weights of the uninterrupted run.
 """
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ import os
 import random
 import time
 from dataclasses import dataclass
-from typing import Callable, Dict, Iterable, Optional, Tuple
+from typing import Callable, Dict, Iterable, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -25,7 +27,7 @@ from ..emd.hierarchy import load_class_tree
 from ..errors import ConfigError, FewShotError
 from ..models import CosineClassifier, FewShotClassifier, create_model
 from . import _distributed as ddp
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import load_checkpoint, remove_stale_temporaries, save_checkpoint
 from .evaluate import evaluate, format_result
 
 
@@ -98,6 +100,40 @@ def _device_augmenter(config: Config, rank: int, world: int) -> Optional[Callabl
     return augment
 
 
+class _Seeded(torch.utils.data.Dataset):
+    """Item k is ``source[indices[k]]`` computed with torch's global generator seeded by
+    ``seeds[k]`` (and restored afterwards): an item's random augmentation depends only on
+    its seed, not on the process or worker that loads it nor on what was loaded before, so
+    a resumed run augments its remaining items as the uninterrupted run did."""
+
+    def __init__(self, source: torch.utils.data.Dataset, indices: List[int], seeds: List[int]):
+        self.source, self.indices, self.seeds = source, indices, seeds
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, k: int):
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seeds[k])
+            return self.source[self.indices[k]]
+
+
+def _item_seed(*parts: int) -> int:
+    """A seed from integers (run seed, epoch, position, ...), in [0, 2**63)."""
+    h = 0
+    for p in parts:
+        h = (h * 1_000_003 + int(p) + 1) % (2 ** 63 - 25)
+    return h
+
+
+def _loader(dataset, config: Config, device: torch.device, seed: int, **kw):
+    """A DataLoader that draws its workers' base seed from its own generator (seeded by
+    ``seed``), not from the global one, so creating it changes no RNG state."""
+    return torch.utils.data.DataLoader(dataset, num_workers=config.data.workers,
+                                       pin_memory=device.type == "cuda",
+                                       generator=torch.Generator().manual_seed(seed), **kw)
+
+
 def _size_at(sizes, epoch: int) -> Optional[int]:
     """Training image size of ``epoch`` under a checked size schedule (None: data.image_size)."""
     current = None
@@ -105,6 +141,31 @@ def _size_at(sizes, epoch: int) -> Optional[int]:
         if epoch >= first:
             current = size
     return current
+
+
+def _first_line(e: BaseException) -> str:
+    lines = str(e).strip().splitlines()
+    return lines[0] if lines else type(e).__name__
+
+
+def load_weights(module: nn.Module, state: Dict, what: str) -> None:
+    """``module.load_state_dict(state)``, or a FewShotError starting with ``what`` that names
+    the first missing, unexpected or mis-shaped weight."""
+    own = module.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shaped = [k for k in own if k in state and tuple(own[k].shape) != tuple(state[k].shape)]
+    if missing or unexpected or shaped:
+        if shaped:
+            k = shaped[0]
+            detail = f"weight {k!r} has shape {tuple(state[k].shape)}, the model's {tuple(own[k].shape)}"
+        elif missing:
+            detail = f"{len(missing)} weight(s) missing, e.g. {missing[0]!r}"
+        else:
+            detail = f"{len(unexpected)} unexpected weight(s), e.g. {unexpected[0]!r}"
+        raise FewShotError(f"{what}: the weights do not fit the configured model ({detail}); "
+                           f"was it trained with another model.backbone or model.method?")
+    module.load_state_dict(state)
 
 
 def build_model(config: Config) -> FewShotClassifier:
@@ -118,13 +179,15 @@ def load_trained(path: str, overrides=(), device: str = "") -> Tuple[Config, Few
     from ..config import check, from_dict, merge, parse_override
 
     state = load_checkpoint(path)
-    data = state["config"]
+    data = state.get("config")
+    if not isinstance(data, dict):
+        raise FewShotError(f"checkpoint {path!r} holds no 'config': it was not written by train.py")
     for item in overrides:
         data = merge(data, parse_override(item))
     config: Config = from_dict(Config, data, f"config of checkpoint {path!r}")
     check(config)
     model = build_model(config).to(resolve_device(device or config.run.device))
-    model.load_state_dict(state["model"])
+    load_weights(model, state["model"], f"checkpoint {path!r}")
     return config, model
 
 
@@ -163,11 +226,19 @@ class _Stage:
         if state.get("stage") != self.name:
             raise FewShotError(f"--resume {path!r}: checkpoint is of stage {state.get('stage')!r}, "
                                f"not {self.name!r}")
-        self.model.load_state_dict(state["model"])
+        missing = [k for k in ("extra", "optimizer", "scheduler", "step", "epoch", "best", "rng")
+                   if k not in state]
+        if missing:
+            raise FewShotError(f"--resume {path!r}: not a training checkpoint (no {', '.join(missing)})")
+        load_weights(self.model, state["model"], f"--resume {path!r}")
         for k, v in self.extra.items():
-            v.load_state_dict(state["extra"][k])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
+            load_weights(v, state["extra"].get(k, {}), f"--resume {path!r} ({k})")
+        try:
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+        except (ValueError, KeyError, RuntimeError) as e:
+            raise FewShotError(f"--resume {path!r}: the optimiser state does not fit this run: "
+                               f"{_first_line(e)}") from None
         self.step, self.epoch, self.best = state["step"], state["epoch"], state["best"]
         _set_rng_state(state["rng"])
         log(f"[{self.name}] resumed from {path} at epoch {self.epoch}, step {self.step}")
@@ -215,7 +286,9 @@ def _run_epochs(stage: _Stage, epochs: int, steps_per_epoch: int,
 
     cfg = stage.config.run
     main = ddp.is_main()
-    writer = SummaryWriter(os.path.join(stage.folder, "tb"), purge_step=stage.step or None) if main else None
+    # a resumed run drops what a killed run logged after its checkpoint (steps > stage.step)
+    writer = SummaryWriter(os.path.join(stage.folder, "tb"), purge_step=stage.step + 1 if stage.step else None) \
+        if main else None
     last_path, best_path = os.path.join(stage.folder, "last.pt"), os.path.join(stage.folder, "best.pt")
     scaler = torch.amp.GradScaler("cuda", enabled=cfg.amp and stage.device.type == "cuda")
     total = epochs * steps_per_epoch
@@ -228,6 +301,7 @@ def _run_epochs(stage: _Stage, epochs: int, steps_per_epoch: int,
 
     def save(path: str) -> None:
         if main:
+            writer.flush()               # the log holds every step the checkpoint holds
             save_checkpoint(path, stage.state())
 
     def check_val() -> None:
@@ -266,7 +340,8 @@ def _run_epochs(stage: _Stage, epochs: int, steps_per_epoch: int,
             with torch.autocast(stage.device.type, enabled=scaler.is_enabled()):
                 loss, acc, items = step_fn(batch)
             if not torch.isfinite(loss):
-                raise FloatingPointError(f"[{stage.name}] loss is {loss.item()} at step {stage.step}")
+                raise FewShotError(f"[{stage.name}] the training loss is {loss.item()} at step "
+                                   f"{stage.step}: lower {stage.name}.lr or check the data")
             stage.optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(stage.optimizer)
@@ -306,9 +381,11 @@ def _prepare(config: Config, name: str) -> Tuple[str, torch.device]:
     device = ddp.setup(resolve_device(config.run.device))
     if ddp.is_main():
         os.makedirs(folder, exist_ok=True)
+        stale = remove_stale_temporaries(folder)
+        if stale:
+            log(f"removed {stale} incomplete checkpoint file(s) of an interrupted write in {folder}")
         save_config(config, os.path.join(config.run.out, "config.yaml"))
         save_config(config, os.path.join(folder, "config.yaml"))
-    seed_everything(config.run.seed)
     return folder, device
 
 
@@ -335,9 +412,11 @@ def _validator(config: Config, model: FewShotClassifier, device: torch.device, n
 def pretrain(config: Config, resume: Optional[str] = None) -> str:
     """Classification pretraining over all train classes; returns the best checkpoint path."""
     p = config.pretrain
-    train_set = load_split(config, config.data.train_split, train=True)  # data errors first
+    train_set = load_split(config, config.data.train_split, train=True)  # data and model errors
+    seed_everything(config.run.seed)
+    model = build_model(config)                                          # before anything is written
     folder, device = _prepare(config, "pretrain")
-    model = build_model(config).to(device)
+    model = model.to(device)
     steps_per_epoch = len(train_set) // p.batch_size
     if steps_per_epoch == 0:
         raise ConfigError(f"pretrain.batch_size {p.batch_size} exceeds the {len(train_set)} "
@@ -374,12 +453,12 @@ def pretrain(config: Config, resume: Optional[str] = None) -> str:
             logged_size[0] = _size_at(sizes, epoch)
             log(f"[pretrain] from epoch {epoch}: training images of {logged_size[0]} px")
         g = torch.Generator().manual_seed(config.run.seed * 100_003 + epoch)
-        order = torch.randperm(len(train_set), generator=g)[offset * p.batch_size:][rank::size].tolist()
-        return torch.utils.data.DataLoader(torch.utils.data.Subset(train_set, order),
-                                           batch_size=p.batch_size // size, drop_last=True,
-                                           num_workers=config.data.workers,
-                                           pin_memory=device.type == "cuda",
-                                           persistent_workers=False)
+        order = torch.randperm(len(train_set), generator=g)
+        positions = torch.arange(len(train_set))[offset * p.batch_size:][rank::size].tolist()
+        items = _Seeded(train_set, [int(order[i]) for i in positions],
+                        [_item_seed(config.run.seed, epoch, i) for i in positions])
+        return _loader(items, config, device, _item_seed(config.run.seed, epoch, offset),
+                       batch_size=p.batch_size // size, drop_last=True)
 
     emd_loss = None
     if p.emd_loss_weight > 0:
@@ -443,8 +522,12 @@ class _EpisodeRange(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return self.stop - self.first
 
+    def index(self, k: int) -> int:
+        """The episode index of item k."""
+        return self.base + (self.first + k) * self.size + self.rank
+
     def __getitem__(self, k: int):
-        return self.sampler.episode(self.base + (self.first + k) * self.size + self.rank)
+        return self.sampler.episode(self.index(k))
 
 
 def _first(items):
@@ -468,8 +551,10 @@ def meta_train(config: Config, resume: Optional[str] = None) -> str:
     m, e = config.meta, config.episode
     train_set = load_split(config, config.data.train_split, train=True)  # data errors first
     sampler = EpisodeSampler(train_set, e.n_way, e.n_shot, e.n_query, seed=config.run.seed)
-    folder, device = _prepare(config, "meta")
-    model = build_model(config).to(device)
+    seed_everything(config.run.seed)
+    model = build_model(config)                                          # model errors before
+    folder, device = _prepare(config, "meta")                            # anything is written
+    model = model.to(device)
     if m.pretrained:
         load_pretrained(model, m.pretrained)
         log(f"[meta] backbone initialised from {m.pretrained}")
@@ -491,10 +576,11 @@ def meta_train(config: Config, resume: Optional[str] = None) -> str:
         net.to(memory_format=torch.channels_last)
 
     def batches(epoch: int, offset: int):
-        return torch.utils.data.DataLoader(
-            _EpisodeRange(sampler, epoch * m.episodes_per_epoch, offset, steps_per_epoch, rank, size),
-            batch_size=1, collate_fn=_first, num_workers=config.data.workers,
-            pin_memory=device.type == "cuda")
+        episodes = _EpisodeRange(sampler, epoch * m.episodes_per_epoch, offset, steps_per_epoch, rank, size)
+        items = _Seeded(episodes, list(range(len(episodes))),
+                        [_item_seed(config.run.seed, episodes.index(k)) for k in range(len(episodes))])
+        return _loader(items, config, device, _item_seed(config.run.seed, epoch, offset),
+                       batch_size=1, collate_fn=_first)
 
     augment = _device_augmenter(config, rank, size)
 

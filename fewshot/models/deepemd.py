@@ -17,6 +17,7 @@ prototype p (the support image for 1-shot, a Structured FC prototype for K > 1):
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Dict, Optional, Sequence, Tuple, Union
 
 import torch
@@ -29,6 +30,7 @@ from .backbones import Backbone
 from .classifier import METHODS, FewShotClassifier, class_means
 
 PATCHES = ("fcn", "grid", "sampling")
+METRICS = ("cosine", "l2")
 
 
 def cross_reference_weights(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -53,7 +55,7 @@ def node_cost(query: torch.Tensor, proto: torch.Tensor, metric: str = "cosine",
     if metric == "l2":
         d = query.permute(0, 2, 1)[:, None, :, None, :] - proto.permute(0, 2, 1)[None, :, None, :, :]
         return d.pow(2).sum(-1)
-    raise ConfigError(f"DeepEMD metric must be 'cosine' or 'l2', got {metric!r}")
+    raise ConfigError(f"DeepEMD metric must be one of {METRICS}, got {metric!r}")
 
 
 def emd_problem(query: torch.Tensor, proto: torch.Tensor, metric: str = "cosine",
@@ -69,7 +71,7 @@ def emd_problem(query: torch.Tensor, proto: torch.Tensor, metric: str = "cosine"
     return node_cost(query, proto, metric, center), a, b
 
 
-def emd_logits(query: torch.Tensor, proto: torch.Tensor, solver: str = "exact",
+def emd_logits(query: torch.Tensor, proto: torch.Tensor, solver: Union[str, emd.Solver] = "exact",
                solver_options: Optional[dict] = None, temperature: float = 12.5,
                metric: str = "cosine", center: bool = True,
                init: Optional[Tuple[torch.Tensor, torch.Tensor]] = None,
@@ -77,23 +79,121 @@ def emd_logits(query: torch.Tensor, proto: torch.Tensor, solver: str = "exact",
                ) -> Union[torch.Tensor, Tuple[torch.Tensor, emd.EMDResult]]:
     """DeepEMD logits [Q, W] of query nodes [Q, C, M] against prototype nodes [W, C, N].
 
+    ``solver``: a built :class:`fewshot.emd.Solver`, or a name with ``solver_options``.
     ``init``: starting potentials (f [Q, W, M], g [Q, W, N]) for solvers that warm-start
-    (``emd.warm_starts``). With ``return_result`` the solver's EMDResult over the Q * W
+    (``Solver.warm_starts``). With ``return_result`` the solver's EMDResult over the Q * W
     problems (query-major) is returned too."""
+    if not isinstance(solver, emd.Solver):
+        solver = emd.make_solver(solver, solver_options)
+    elif solver_options:
+        raise ConfigError("emd_logits: solver_options given with a built solver")
     Q, W, M = query.shape[0], proto.shape[0], query.shape[2]
     N = proto.shape[2]
     cost, a, b = emd_problem(query, proto, metric, center)
-    options = dict(solver_options or {})
-    if emd.needs_points(solver):                                    # e.g. chain: node features
+    x = y = None
+    if solver.needs_points:                                         # e.g. chain: node features
         x = query.transpose(1, 2)[:, None].expand(Q, W, M, -1).reshape(Q * W, M, -1)
         y = proto.transpose(1, 2)[None].expand(Q, W, N, -1).reshape(Q * W, N, -1)
-        options.update(x=x, y=y)
     if init is not None:
-        options.update(init=(init[0].reshape(Q * W, M), init[1].reshape(Q * W, N)))
-    result = emd.solve(cost.reshape(Q * W, M, N), a.reshape(Q * W, M), b.reshape(Q * W, N),
-                       solver=solver, **options)
+        init = (init[0].reshape(Q * W, M), init[1].reshape(Q * W, N))
+    result = solver(cost.reshape(Q * W, M, N), a.reshape(Q * W, M), b.reshape(Q * W, N),
+                    x=x, y=y, init=init)
     logits = (temperature * (1 - result.value / M)).reshape(Q, W)
     return (logits, result) if return_result else logits
+
+
+class EMDHead(nn.Module):
+    """The EMD layer of DeepEMD: cross-reference weights, node cost, the solver, the logits.
+
+    Holds two built solvers: ``train_solver`` (used in training mode) and ``eval_solver``
+    (in evaluation mode); ``solver`` is the one of the current mode."""
+
+    def __init__(self, train_solver: emd.Solver, eval_solver: emd.Solver, temperature: float = 12.5,
+                 metric: str = "cosine", center: bool = True):
+        super().__init__()
+        if metric not in METRICS:
+            raise ConfigError(f"model.options.metric must be one of {METRICS}, got {metric!r}")
+        temperature = emd.Option(12.5, float, low=0, low_open=True).check(
+            temperature, "model.options.temperature")
+        center = emd.Option(True, bool).check(center, "model.options.center")
+        self.train_solver, self.eval_solver = train_solver, eval_solver
+        self.temperature, self.metric, self.center = temperature, metric, center
+
+    @property
+    def solver(self) -> emd.Solver:
+        return self.train_solver if self.training else self.eval_solver
+
+    def forward(self, query: torch.Tensor, proto: torch.Tensor,
+                init: Optional[Tuple[torch.Tensor, torch.Tensor]] = None, return_result: bool = False):
+        """Logits [Q, W] of query nodes [Q, C, M] against prototype nodes [W, C, N] (see
+        :func:`emd_logits`)."""
+        return emd_logits(query, proto, self.solver, None, self.temperature, self.metric, self.center,
+                          init=init, return_result=return_result)
+
+    def problem(self, query: torch.Tensor, proto: torch.Tensor):
+        """cost [Q, W, M, N], a [Q, W, M], b [Q, W, N] of query [Q, C, M] and proto [W, C, N]."""
+        return emd_problem(query, proto, self.metric, self.center)
+
+
+_SFC_OPTIONS = {
+    "steps": emd.Option(100, int, low=1), "batch": emd.Option(4, int, low=1),
+    "lr": emd.Option(0.1, float, low=0, low_open=True), "momentum": emd.Option(0.9, float, low=0, high=1),
+    "dampening": emd.Option(0.9, float, low=0, high=1), "weight_decay": emd.Option(0.0, float, low=0),
+    "seed": emd.Option(0, int, low=0), "warm_start": emd.Option(True, bool)}
+
+
+@dataclass(frozen=True)
+class StructuredFC:
+    """Structured FC fitting for K > 1 shots: ``steps`` epochs of SGD (``lr``, ``momentum``,
+    ``dampening``, ``weight_decay``) in batches of ``batch`` support images, shuffled by
+    ``seed`` (the same for every episode, so an episode's result does not depend on which
+    episodes ran before it); ``warm_start``: start each support image's EMD problems from
+    the potentials of its previous step (solvers that warm-start, e.g. sinkhorn)."""
+    steps: int = 100
+    batch: int = 4
+    lr: float = 0.1
+    momentum: float = 0.9
+    dampening: float = 0.9
+    weight_decay: float = 0.0
+    seed: int = 0
+    warm_start: bool = True
+
+    def __post_init__(self):
+        for key, opt in _SFC_OPTIONS.items():
+            object.__setattr__(self, key, opt.check(getattr(self, key), f"model.options.sfc_{key}"))
+
+    def fit(self, head: EMDHead, support: torch.Tensor, labels: torch.Tensor,
+            stats: Optional[Dict[str, int]] = None) -> torch.Tensor:
+        """Prototypes [n_way, C, n_nodes] fitted to support [n, C, n_nodes] with labels [n].
+
+        Initialised from the class means, then SGD on the cross-entropy of the support
+        images' DeepEMD logits against the prototypes (gradient through the EMD layer);
+        the features are held fixed. ``stats``, if given, accumulates ``solves`` (solver
+        calls) and ``iterations`` (the solvers' ``info["iterations"]`` where they report it)."""
+        proto = nn.Parameter(class_means(support.detach(), labels).clone())
+        opt = torch.optim.SGD([proto], lr=self.lr, momentum=self.momentum,
+                              dampening=self.dampening, weight_decay=self.weight_decay)
+        feats = support.detach()
+        n, W = feats.shape[0], proto.shape[0]
+        potentials = None
+        if self.warm_start and head.solver.warm_starts:
+            potentials = (feats.new_zeros(n, W, feats.shape[2]), feats.new_zeros(n, W, proto.shape[2]))
+        gen = torch.Generator().manual_seed(self.seed)
+        with torch.enable_grad():
+            for _ in range(self.steps):
+                for chunk in torch.randperm(n, generator=gen).to(feats.device).split(self.batch):
+                    opt.zero_grad()
+                    init = None if potentials is None else (potentials[0][chunk], potentials[1][chunk])
+                    logits, result = head(feats[chunk], proto, init=init, return_result=True)
+                    if stats is not None:
+                        stats["solves"] = stats.get("solves", 0) + 1
+                        stats["iterations"] = stats.get("iterations", 0) + int(result.info.get("iterations", 0))
+                    if potentials is not None:
+                        potentials[0][chunk] = result.potentials[0].reshape(len(chunk), W, -1)
+                        potentials[1][chunk] = result.potentials[1].reshape(len(chunk), W, -1)
+                    F.cross_entropy(logits, labels[chunk]).backward()
+                    opt.step()
+        return proto.detach()
 
 
 @METHODS.register("deepemd")
@@ -119,7 +219,11 @@ class DeepEMD(FewShotClassifier):
         sfc_seed: seed of the support-set shuffling in SFC (the same for every episode,
             so an episode's result does not depend on which episodes ran before it).
         sfc_warm_start: start each SFC step's EMD problems from the potentials of the
-            previous step (solvers for which ``emd.warm_starts`` holds, e.g. sinkhorn).
+            previous step (solvers that warm-start, e.g. sinkhorn).
+
+    Composed of named parts: the backbone and node settings (``encode_nodes``), the EMD
+    head (``head``: weights, cost, the training and evaluation solvers, built and checked
+    here) and the Structured FC fitter (``sfc``).
     """
 
     def __init__(self, backbone: Backbone, patch: str = "fcn", pyramid: Sequence[int] = (),
@@ -134,23 +238,36 @@ class DeepEMD(FewShotClassifier):
         super().__init__(backbone)
         if patch not in PATCHES:
             raise ConfigError(f"model.options.patch must be one of {PATCHES}, got {patch!r}")
-        known = emd.solvers()
-        for key, name in (("solver", solver), ("eval_solver", eval_solver or solver)):
-            if name not in known:
-                raise ConfigError(f"model.options.{key}: unknown EMD solver {name!r}; "
-                                  f"available: {', '.join(known)}")
         self.patch, self.pyramid, self.grid = patch, tuple(pyramid), tuple(grid)
         self.context_train, self.context_test = tuple(context_train), float(context_test)
         self.num_patch, self.patch_size = num_patch, patch_size
-        self.solver, self.solver_options = solver, dict(solver_options or {})
-        self.eval_solver = eval_solver or solver
-        self.eval_solver_options = dict(eval_solver_options if eval_solver_options is not None
-                                        else (self.solver_options if not eval_solver else {}))
-        self.temperature, self.metric, self.center = temperature, metric, center
-        self.sfc = dict(steps=sfc_steps, batch=sfc_batch, lr=sfc_lr, momentum=sfc_momentum,
-                        dampening=sfc_dampening, weight_decay=sfc_weight_decay, seed=sfc_seed,
-                        warm_start=sfc_warm_start)
+        where = "model.options"
+        for key, name in (("solver", solver), ("eval_solver", eval_solver or solver)):
+            if name not in emd.solvers():
+                raise ConfigError(f"{where}.{key}: unknown EMD solver {name!r}; "
+                                  f"available: {', '.join(emd.solvers())}")
+        train = emd.make_solver(solver, solver_options, f"{where}.solver_options")
+        if eval_solver:
+            evaluation = emd.make_solver(eval_solver, eval_solver_options, f"{where}.eval_solver_options")
+        else:   # the training solver, unless other options are given for it
+            evaluation = train if eval_solver_options is None else \
+                emd.make_solver(solver, eval_solver_options, f"{where}.eval_solver_options")
+        self.head = EMDHead(train, evaluation, temperature, metric, center)
+        self.sfc = StructuredFC(sfc_steps, sfc_batch, sfc_lr, sfc_momentum, sfc_dampening,
+                                sfc_weight_decay, sfc_seed, sfc_warm_start)
         self.prototypes: Optional[torch.Tensor] = None
+
+    @property
+    def temperature(self) -> float:
+        return self.head.temperature
+
+    @property
+    def metric(self) -> str:
+        return self.head.metric
+
+    @property
+    def center(self) -> bool:
+        return self.head.center
 
     # ------------------------------------------------------------------ nodes
     def encode(self, images: torch.Tensor) -> torch.Tensor:
@@ -207,14 +324,9 @@ class DeepEMD(FewShotClassifier):
         return self.patch != "sampling"
 
     # ------------------------------------------------------------------ EMD
-    def _layer(self):
-        return (self.solver, self.solver_options) if self.training else \
-            (self.eval_solver, self.eval_solver_options)
-
     def logits(self, query: torch.Tensor, proto: torch.Tensor) -> torch.Tensor:
         """Logits [Q, W] of query nodes [Q, C, M] against prototype nodes [W, C, N]."""
-        solver, options = self._layer()
-        return emd_logits(query, proto, solver, options, self.temperature, self.metric, self.center)
+        return self.head(query, proto)
 
     def fit_support(self, support_features: torch.Tensor, support_labels: torch.Tensor) -> None:
         n_way = int(support_labels.max()) + 1
@@ -227,38 +339,11 @@ class DeepEMD(FewShotClassifier):
     def score(self, query_features: torch.Tensor) -> torch.Tensor:
         return self.logits(query_features, self.prototypes)
 
-    def structured_fc(self, support: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """Structured FC prototypes [n_way, C, n_nodes] fitted to support [n, C, n_nodes].
-
-        Initialised from the class means, then SGD on the cross-entropy of the support
-        images' DeepEMD logits against the prototypes (gradient through the EMD layer);
-        the backbone features are held fixed. The prototypes move little per step, so a
-        solver that warm-starts (``emd.warm_starts``, e.g. sinkhorn) starts each support
-        image's problems from the potentials it reached at that image's previous step."""
-        s = self.sfc
-        proto = nn.Parameter(class_means(support.detach(), labels).clone())
-        opt = torch.optim.SGD([proto], lr=s["lr"], momentum=s["momentum"],
-                              dampening=s["dampening"], weight_decay=s["weight_decay"])
-        feats = support.detach()
-        n, W = feats.shape[0], proto.shape[0]
-        solver, options = self._layer()
-        potentials = None
-        if s["warm_start"] and emd.warm_starts(solver):
-            potentials = (feats.new_zeros(n, W, feats.shape[2]), feats.new_zeros(n, W, proto.shape[2]))
-        gen = torch.Generator().manual_seed(s["seed"])
-        with torch.enable_grad():
-            for _ in range(s["steps"]):
-                for chunk in torch.randperm(n, generator=gen).to(feats.device).split(s["batch"]):
-                    opt.zero_grad()
-                    init = None if potentials is None else (potentials[0][chunk], potentials[1][chunk])
-                    logits, result = emd_logits(feats[chunk], proto, solver, options, self.temperature,
-                                                self.metric, self.center, init=init, return_result=True)
-                    if potentials is not None:
-                        potentials[0][chunk] = result.potentials[0].reshape(len(chunk), W, -1)
-                        potentials[1][chunk] = result.potentials[1].reshape(len(chunk), W, -1)
-                    F.cross_entropy(logits, labels[chunk]).backward()
-                    opt.step()
-        return proto.detach()
+    def structured_fc(self, support: torch.Tensor, labels: torch.Tensor,
+                      stats: Optional[Dict[str, int]] = None) -> torch.Tensor:
+        """Structured FC prototypes [n_way, C, n_nodes] fitted to support [n, C, n_nodes]
+        (:meth:`StructuredFC.fit` with this model's EMD head)."""
+        return self.sfc.fit(self.head, support, labels, stats)
 
     def sfc_loss(self, support: torch.Tensor, labels: torch.Tensor, proto: torch.Tensor) -> float:
         """Cross-entropy of the support set against prototypes ``proto`` (diagnostics)."""
@@ -267,4 +352,5 @@ class DeepEMD(FewShotClassifier):
 
     def describe(self) -> Dict[str, str]:
         """What produced the numbers: reported by eval.py."""
-        return {"patch": self.patch, "solver": self.solver, "eval_solver": self.eval_solver}
+        return {"patch": self.patch, "solver": self.head.train_solver.name,
+                "eval_solver": self.head.eval_solver.name}

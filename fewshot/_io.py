@@ -1,0 +1,97 @@
+"""Atomic file writes and safe checkpoint loading (used by every layer; imports no other
+part of the package but the error types).
+
+Writes go to a hidden temporary file ``.NAME.XXXX.tmp`` in the target's folder, which is
+renamed over the target once complete, so a reader (or a run resumed after a kill) sees
+the old file or the new one, never half of one. A kill during a write can leave the
+temporary file behind; :func:`remove_stale_temporaries` deletes those of a folder.
+"""
+from __future__ import annotations
+
+import glob
+import os
+import tempfile
+from typing import Any, Dict
+
+import torch
+
+from .errors import FewShotError
+
+_SUFFIX = ".tmp"
+
+
+def _atomic(path: str, write) -> None:
+    folder = os.path.dirname(os.path.abspath(path))
+    try:
+        os.makedirs(folder, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=_SUFFIX, dir=folder)
+    except OSError as e:
+        raise FewShotError(f"cannot write {path!r}: {e.strerror or e}") from None
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)  # atomic on POSIX: readers see the old or the new file
+    except BaseException as e:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        if isinstance(e, OSError):
+            raise FewShotError(f"cannot write {path!r}: {e.strerror or e}") from None
+        raise
+
+
+def remove_stale_temporaries(folder: str) -> int:
+    """Delete the temporary files an interrupted atomic write left in ``folder``; returns
+    how many. Call it only where no other process is writing to ``folder``."""
+    removed = 0
+    for tmp in glob.glob(os.path.join(glob.escape(folder), "." + "*" + _SUFFIX)):
+        try:
+            os.unlink(tmp)
+            removed += 1
+        except FileNotFoundError:
+            pass
+    return removed
+
+
+def atomic_write_text(path: str, text: str) -> None:
+    """Write ``text`` to ``path`` atomically (FewShotError naming the path if it cannot be)."""
+    _atomic(path, lambda f: f.write(text.encode()))
+
+
+def save_checkpoint(path: str, state: Dict[str, Any]) -> None:
+    """Write ``state`` with ``torch.save`` to a temporary file, then rename it over ``path``."""
+    _atomic(path, lambda f: torch.save(state, f))
+
+
+def load_checkpoint(path: str, map_location: Any = "cpu") -> Dict[str, Any]:
+    """Load a checkpoint with ``weights_only=True`` (no arbitrary code is unpickled).
+
+    FewShotError naming ``path`` when it is missing, empty, not a torch checkpoint, not a
+    fewshot checkpoint (a dict with a ``model`` state dict) or holds non-finite weights."""
+    if not os.path.isfile(path):
+        raise FewShotError(f"checkpoint {path!r} does not exist")
+    if os.path.getsize(path) == 0:
+        raise FewShotError(f"checkpoint {path!r} is empty (0 bytes); it was not written completely")
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if head[:4] != b"PK\x03\x04" and head[:1] != b"\x80":   # zip (torch.save) or legacy pickle
+        raise FewShotError(f"checkpoint {path!r} could not be loaded: it is not a file written by "
+                           f"torch.save (it starts with {head!r})")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any load failure is reported with the path
+        lines = str(e).strip().splitlines()
+        reason = lines[-1] if lines else type(e).__name__
+        if "weights_only" in str(e) or "Unpickler" in str(e):
+            reason = "it holds objects other than tensors and plain values"
+        elif "zip" in str(e).lower() or "central directory" in str(e).lower():
+            reason = "the file is truncated or damaged"
+        raise FewShotError(f"checkpoint {path!r} could not be loaded: {reason}") from None
+    if not isinstance(state, dict) or not isinstance(state.get("model"), dict):
+        raise FewShotError(f"checkpoint {path!r} is not a fewshot checkpoint (no 'model' state dict)")
+    for key, value in state["model"].items():
+        if isinstance(value, torch.Tensor) and value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise FewShotError(f"checkpoint {path!r}: weight {key!r} contains NaN or infinite values")
+    return state

@@ -1,0 +1,163 @@
+"""EMD solvers as objects: built once from a name and options, every option checked then.
+
+A solver is declared by a :class:`SolverSpec`: the function that solves a batch, the
+options it takes (:class:`Option`: default, type, range or choices), what it needs
+besides (cost, a, b) and what it offers (node coordinates ``x`` / ``y``, warm starts
+from ``init`` potentials) and how it differentiates. :func:`make_solver` turns a name
+and an options dict into a :class:`Solver`, raising :class:`~fewshot.errors.ConfigError`
+naming the option (``where.key``) for an unknown key, a wrong type or a value out of
+range, so a bad option is reported when a model is built, not at its first solve.
+"""
+from __future__ import annotations
+
+import inspect
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, Optional, Tuple
+
+import torch
+
+from ..errors import ConfigError
+from ._problem import EMDInputError, EMDResult, check_problem
+
+
+@dataclass(frozen=True)
+class Option:
+    """One solver option: its default, its type (``float``, ``int``, ``str``, ``bool`` or
+    ``object`` for anything) and the values it admits (``low`` / ``high`` bounds, inclusive
+    unless ``low_open`` / ``high_open``; ``choices`` for strings)."""
+    default: Any
+    kind: type = float
+    low: Optional[float] = None
+    high: Optional[float] = None
+    low_open: bool = False
+    high_open: bool = False
+    choices: Tuple[Any, ...] = ()
+
+    def expected(self) -> str:
+        if self.choices:
+            return "one of " + ", ".join(map(repr, self.choices))
+        what = {float: "a finite number", int: "an integer", bool: "true or false",
+                str: "a string"}.get(self.kind, "a value")
+        bounds = []
+        if self.low is not None:
+            bounds.append(f"{'>' if self.low_open else '>='} {self.low:g}")
+        if self.high is not None:
+            bounds.append(f"{'<' if self.high_open else '<='} {self.high:g}")
+        return what + (" " + " and ".join(bounds) if bounds else "")
+
+    def check(self, value: Any, key: str) -> Any:
+        """``value`` converted to the option's type; ConfigError naming ``key`` if it is not admitted."""
+        def bad():
+            return ConfigError(f"{key}: expected {self.expected()}, got {value!r}")
+        if self.kind is object or (value is None and self.default is None):
+            return value
+        if self.kind is bool:
+            if not isinstance(value, bool):
+                raise bad()
+            return value
+        if self.kind is str:
+            if not isinstance(value, str) or (self.choices and value not in self.choices):
+                raise bad()
+            return value
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise bad()
+        if self.kind is int:
+            if isinstance(value, float) and not value.is_integer():
+                raise bad()
+            value = int(value)
+        elif not math.isfinite(value):
+            raise bad()
+        else:
+            value = float(value)
+        if self.low is not None and (value < self.low or (self.low_open and value == self.low)):
+            raise bad()
+        if self.high is not None and (value > self.high or (self.high_open and value == self.high)):
+            raise bad()
+        return value
+
+
+@dataclass(frozen=True)
+class SolverSpec:
+    """What the registry knows of a solver.
+
+    fn: ``fn(cost, a, b, **options[, x, y][, init]) -> EMDResult``.
+    options: name -> :class:`Option` of every option ``fn`` takes.
+    differentiation: how gradients reach cost, a and b (one line).
+    needs_points: ``fn`` takes the node coordinates ``x`` [B, M, D] and ``y`` [B, N, D].
+    warm_starts: ``fn`` takes ``init`` = (f [B, M], g [B, N]) potentials to start from.
+    check: optional ``check(options, where)`` run on the checked options, for what one
+        option alone cannot say (a file that must exist, options that exclude each other).
+    """
+    fn: Callable[..., EMDResult]
+    options: Dict[str, Option] = field(default_factory=dict)
+    differentiation: str = ""
+    needs_points: bool = False
+    warm_starts: bool = False
+    check: Optional[Callable[[Dict[str, Any], str], None]] = None
+
+
+def spec_from_signature(fn: Callable, **kw: Any) -> SolverSpec:
+    """A SolverSpec whose options are ``fn``'s keyword arguments after (cost, a, b), typed by
+    their defaults (no ranges): for solvers registered without a declared option table."""
+    options = {}
+    for name, p in list(inspect.signature(fn).parameters.items())[3:]:
+        if name in ("x", "y", "init") or p.kind not in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY):
+            continue
+        d = p.default
+        kind = type(d) if isinstance(d, (bool, int, float, str)) else object
+        options[name] = Option(None if d is inspect.Parameter.empty else d, kind)
+    return SolverSpec(fn, options, **kw)
+
+
+class Solver:
+    """An EMD solver with checked options; call it on a batch of problems.
+
+        solver = make_solver("sinkhorn", {"epsilon": 0.05})
+        result = solver(cost, a, b)          # cost [B, M, N], a [B, M], b [B, N]
+
+    Attributes: ``name``, ``options`` (every option, defaults filled in),
+    ``needs_points``, ``warm_starts``, ``differentiation`` (see :class:`SolverSpec`).
+    """
+
+    def __init__(self, name: str, spec: SolverSpec, options: Dict[str, Any]):
+        self.name, self._fn = name, spec.fn
+        self.options = options
+        self.needs_points, self.warm_starts = spec.needs_points, spec.warm_starts
+        self.differentiation = spec.differentiation
+
+    def __call__(self, cost: torch.Tensor, a: torch.Tensor, b: torch.Tensor, *,
+                 x: Optional[torch.Tensor] = None, y: Optional[torch.Tensor] = None,
+                 init: Optional[Tuple[torch.Tensor, torch.Tensor]] = None) -> EMDResult:
+        """Solve cost [B, M, N], a [B, M], b [B, N]; ``x`` [B, M, D] and ``y`` [B, N, D] for
+        solvers that need node coordinates, ``init`` (f [B, M], g [B, N]) for those that
+        warm-start. Raises EMDInputError naming the argument for invalid tensors."""
+        check_problem(cost, a, b)
+        extra: Dict[str, Any] = {}
+        if self.needs_points:
+            extra.update(x=x, y=y)
+        elif x is not None or y is not None:
+            raise EMDInputError(f"EMD solver {self.name!r} does not use node coordinates x, y")
+        if init is not None:
+            if not self.warm_starts:
+                raise EMDInputError(f"EMD solver {self.name!r} does not warm-start; pass no init")
+            extra["init"] = init
+        return self._fn(cost, a, b, **self.options, **extra)
+
+    def __repr__(self) -> str:
+        opts = ", ".join(f"{k}={v!r}" for k, v in self.options.items() if not isinstance(v, torch.nn.Module))
+        return f"Solver({self.name!r}, {opts})"
+
+
+def build(name: str, spec: SolverSpec, options: Optional[Dict[str, Any]], where: str) -> Solver:
+    """Check ``options`` against ``spec`` (errors name ``where.key``) and build the Solver."""
+    options = dict(options or {})
+    unknown = sorted(set(options) - set(spec.options))
+    if unknown:
+        raise ConfigError(f"{where}: unknown option(s) {', '.join(map(repr, unknown))} of EMD solver "
+                          f"{name!r}; accepted: {', '.join(spec.options) or '(none)'}")
+    checked = {k: opt.check(options[k], f"{where}.{k}") if k in options else opt.default
+               for k, opt in spec.options.items()}
+    if spec.check is not None:
+        spec.check(checked, where)
+    return Solver(name, spec, checked)
