@@ -44,7 +44,8 @@ def value_and_grad(cost, a, b, solver, **options):
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint", required=True)
+    parser.add_argument("--checkpoint", default="", help="a learned-EMD checkpoint (default: the "
+                        "model shipped with the package)")
     parser.add_argument("--nodes", type=int, default=25, help="the training size")
     parser.add_argument("--scales", nargs="+", type=int, default=[1, 4, 8])
     parser.add_argument("--batch", type=int, default=375)

@@ -43,9 +43,9 @@ step "$R/deepemd_val_5shot.json" eval.log \
   $PY eval.py --checkpoint "$R/meta/best.pt" --episodes-file "$M5" --split val --shot 5 \
   --result "$R/deepemd_val_5shot.json" "${EVAL[@]}" "${SFC[@]}" "$@"
 
-finish() {  # finish TITLE: total wall time, learning curves, the accuracies
+finish() {  # finish TITLE [plot_curves.py options]: total wall time, learning curves, the accuracies
   echo "total: $((SECONDS - start)) s of this invocation" | tee -a "$R/times.txt"
-  $PY scripts/plot_curves.py "$R" --out "$R/curves.png" --title "$1" \
+  $PY scripts/plot_curves.py "$R" --out "$R/curves.png" --title "$1" "${@:2}" \
     || echo "plot_curves.py failed (results are unaffected)"
   grep -h "accuracy" "$R"/eval.log | tail -n 12
 }

@@ -18,7 +18,9 @@ import sys
 
 LABELS = {"pretrain": "pretraining (DeepEMD-FCN val)", "meta": "DeepEMD-FCN meta-training",
           "protonet/meta": "ProtoNet meta-training"}
-PUBLISHED = [(49.42, "ProtoNet Conv-4, published (test)"), (52.15, "DeepEMD Conv-4, published (test)")]
+# published Conv-4 numbers on miniImageNet test (ProtoNet; DeepEMD, TPAMI): --reference mini
+REFERENCES = {"mini": [(49.42, "ProtoNet Conv-4, published (test)"),
+                       (52.15, "DeepEMD Conv-4, published (test)")]}
 
 
 def read_curves(run: str):
@@ -42,6 +44,8 @@ def main(argv=None) -> int:
     parser.add_argument("run", help="a recipe's output folder")
     parser.add_argument("--out", help="PNG path (default RUN/curves.png)")
     parser.add_argument("--title", default="miniImageNet val, 5-way 1-shot, Conv-4, 2 CPU cores")
+    parser.add_argument("--reference", choices=sorted(REFERENCES),
+                        help="draw the published numbers of this benchmark as lines")
     args = parser.parse_args(argv)
     curves = read_curves(args.run)
     if not curves:
@@ -59,7 +63,7 @@ def main(argv=None) -> int:
         end = max(end, minutes[-1])
         ax.plot(minutes, [a for _, _, a in points], marker="o", ms=3,
                 label=LABELS.get(name, name))
-    for value, text in PUBLISHED:
+    for value, text in REFERENCES.get(args.reference, []):
         ax.axhline(value, color="grey", lw=0.8, ls="--")
         ax.text(0.5, value + 0.3, text, fontsize=7, color="grey")
     for path in sorted(glob.glob(os.path.join(args.run, "*_val_1shot.json"))):
@@ -73,7 +77,7 @@ def main(argv=None) -> int:
     ax.set_title(args.title, fontsize=10)
     ax.set_xlim(0, end * 1.3 + 1)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="lower right")
+    ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
     out = args.out or os.path.join(args.run, "curves.png")
     fig.savefig(out)

@@ -21,4 +21,4 @@ if [ -n "${MINI_RUN:-}" ]; then   # cross-domain: miniImageNet models on the sam
     done
   done
 fi
-finish "CUB val, 5-way 1-shot, Conv-4, 2 CPU cores"
+finish "CUB val (14 classes), 5-way 1-shot, Conv-4, 2 CPU cores"

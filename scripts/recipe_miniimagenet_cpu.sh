@@ -24,4 +24,4 @@ step "$R/pretrained_simpleshot_l2n_val_1shot.json" eval.log \
   $PY eval.py --checkpoint "$R/pretrain/best.pt" --episodes-file "$M1" --split val \
   --result "$R/pretrained_simpleshot_l2n_val_1shot.json" model.method=protonet model.options=null \
   model.options.normalize=l2n "${EVAL[@]}" "$@"
-finish "miniImageNet val, 5-way 1-shot, Conv-4, 2 CPU cores"
+finish "miniImageNet val, 5-way 1-shot, Conv-4, 2 CPU cores" --reference mini

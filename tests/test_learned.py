@@ -1,4 +1,6 @@
 """The learned (transformer) EMD estimator: feasibility, gradients, and that it learns."""
+import os
+
 import pytest
 import torch
 
@@ -60,7 +62,22 @@ def test_short_training_beats_random_matching_by_far(tmp_path):
 def test_learned_solver_errors():
     g = torch.Generator().manual_seed(0)
     cost, a, b = random_problems(2, 5, g)
-    with pytest.raises(ConfigError, match="solver_options.checkpoint"):
-        solve(cost, a, b, solver="learned")
     with pytest.raises(ConfigError, match="does not exist"):
         solve(cost, a, b, solver="learned", checkpoint="/nonexistent/learned.pt")
+
+
+def test_shipped_default_model_matches_exact_on_cosine_problems():
+    """``solve(cost, a, b, solver="learned")`` with no options uses the model that ships in
+    the package (a few hundred KB), and ranks 25-node DeepEMD-like cosine problems as the
+    exact LP does: Pearson correlation of the values >= 0.99."""
+    from fewshot.emd._learned import DEFAULT_MODEL
+    assert os.path.getsize(DEFAULT_MODEL) < 600_000
+    g = torch.Generator().manual_seed(11)                  # not the training seed
+    cost, a, b = random_problems(200, 25, g, kind="cosine")
+    learned = solve(cost, a, b, solver="learned")
+    exact = solve(cost.double(), a.double(), b.double(), solver="exact")
+    assert float(learned.info["marginal_error"].max()) < 1e-4          # a feasible plan
+    values = torch.stack([learned.value.detach().double(), exact.value])
+    assert float(torch.corrcoef(values)[0, 1]) >= 0.99
+    # the LP optimum is a lower bound of every feasible plan's cost
+    assert bool((learned.value.detach().double() >= exact.value - 1e-4 * exact.value.abs()).all())
