@@ -296,7 +296,7 @@ def test_built_solver_declares_what_it_needs_and_how_it_differentiates():
         s = emd.make_solver(name)
         assert s.differentiation and s.name == name
     assert emd.make_solver("chain").needs_points and emd.make_solver("sinkhorn").warm_starts
-    assert not emd.make_solver("exact").warm_starts
+    assert not emd.make_solver("qpth").warm_starts and emd.make_solver("exact").envelope
     with pytest.raises(emd.EMDInputError, match="does not warm-start"):
-        emd.make_solver("exact")(torch.rand(1, 2, 2), torch.ones(1, 2), torch.ones(1, 2),
-                                 init=(torch.zeros(1, 2), torch.zeros(1, 2)))
+        emd.make_solver("qpth")(torch.rand(1, 2, 2), torch.ones(1, 2), torch.ones(1, 2),
+                                init=(torch.zeros(1, 2), torch.zeros(1, 2)))

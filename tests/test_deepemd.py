@@ -139,3 +139,36 @@ def test_train_and_eval_solvers_are_reported():
     from fewshot.errors import ConfigError
     with pytest.raises(ConfigError, match="unknown EMD solver 'opencv'"):
         create_model("deepemd", "conv4", {}, {"solver": "opencv"})
+
+
+def test_closed_form_sfc_gradient_equals_autograd():
+    from fewshot.models.deepemd import sfc_gradient
+    g = torch.Generator().manual_seed(0)
+    for center in (True, False):
+        model = create_model("deepemd", "conv4", {}, {"center": center}).eval().double()
+        x = torch.randn(3, 4, 16, 9, generator=g, dtype=torch.float64)
+        proto = torch.randn(3, 5, 16, 9, generator=g, dtype=torch.float64).requires_grad_(True)
+        y = torch.randint(0, 5, (3, 4), generator=g)
+        loss = F.cross_entropy(model.head(x, proto).reshape(-1, 5), y.reshape(-1), reduction="sum") / 4
+        expected, = torch.autograd.grad(loss, proto)
+        got, _ = sfc_gradient(model.head, x, proto.detach(), y)
+        torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-12)
+
+
+def test_lockstep_sfc_gives_the_prototypes_of_the_autograd_fit_of_each_episode():
+    """The new Structured FC (closed-form gradient, warm-started exact solves, episodes in
+    lockstep) gives each episode the prototypes of the plain fit: autograd, cold solves, one
+    episode at a time (float64, to 1e-6)."""
+    import dataclasses
+    g = torch.Generator().manual_seed(7)
+    feats = torch.randn(3, 10, 32, 9, generator=g, dtype=torch.float64)
+    labels = torch.arange(5).repeat_interleave(2).expand(3, -1)
+    model = create_model("deepemd", "conv4", {}, {"sfc_steps": 15}).eval().double()
+    plain = dataclasses.replace(model.sfc, gradient="autograd", warm_start=False)
+    stats = {}
+    new = model.sfc.fit_many(model.head, feats, labels, stats)
+    for e in range(3):
+        old = plain.fit(model.head, feats[e], labels[e])
+        torch.testing.assert_close(new[e], old, rtol=0, atol=1e-6)
+        assert (old - class_means(feats[e], labels[e])).abs().max() > 1e-2     # SFC did move them
+    assert stats["solves"] == 15 * 3 and stats["pivots"] > 0

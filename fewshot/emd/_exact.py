@@ -21,6 +21,8 @@ potentials are scaled back), so the optimum is found for costs of any magnitude.
 """
 from __future__ import annotations
 
+from typing import Optional, Tuple
+
 import numpy as np
 import torch
 
@@ -39,7 +41,7 @@ def _pot_one(cost, a, b, max_iter, i):
 
 
 def _network_simplex(cost: np.ndarray, a: np.ndarray, b: np.ndarray, max_iter: int,
-                     engine: str = "simplex"):
+                     engine: str = "simplex", basis=None):
     b = b * (a.sum(-1, keepdims=True) / b.sum(-1, keepdims=True))  # equal masses to machine precision
     scale = np.abs(cost).max(axis=(1, 2))                 # [B]: solve each problem in units of its
     scale[scale == 0] = 1.0                               # largest cost (scale invariance)
@@ -47,15 +49,16 @@ def _network_simplex(cost: np.ndarray, a: np.ndarray, b: np.ndarray, max_iter: i
     if engine == "simplex":
         from ._simplex import solve_batch
 
-        plan, value, f, g, code, _ = solve_batch(cost, a, b, max_iter, 1e-12)
+        plan, value, f, g, code, pivots, basis = solve_batch(cost, a, b, max_iter, 1e-12, basis)
         for i in np.flatnonzero(code != 1):
             plan[i], value[i], f[i], g[i] = _pot_one(cost[i], a[i], b[i], max_iter, i)
+        return plan, value * scale, f * scale[:, None], g * scale[:, None], basis, pivots
     else:
         B, M, N = cost.shape
         plan, f, g, value = np.empty((B, M, N)), np.empty((B, M)), np.empty((B, N)), np.empty(B)
         for i in range(B):
             plan[i], value[i], f[i], g[i] = _pot_one(cost[i], a[i], b[i], max_iter, i)
-    return plan, value * scale, f * scale[:, None], g * scale[:, None]
+    return plan, value * scale, f * scale[:, None], g * scale[:, None], None, None
 
 
 ENGINES = ("simplex", "pot")
@@ -63,9 +66,10 @@ ENGINES = ("simplex", "pot")
 
 class _ExactEMD(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, cost, a, b, max_iter, engine):
+    def forward(ctx, cost, a, b, max_iter, engine, basis, out):
         to_np = lambda t: np.ascontiguousarray(t.detach().to("cpu", torch.float64).numpy())  # noqa: E731
-        plan, value, f, g = _network_simplex(to_np(cost), to_np(a), to_np(b), max_iter, engine)
+        plan, value, f, g, out["basis"], out["pivots"] = _network_simplex(
+            to_np(cost), to_np(a), to_np(b), max_iter, engine, basis)
         like = dict(device=cost.device, dtype=cost.dtype)
         plan = torch.from_numpy(plan).to(**like)
         shift = f.mean(-1, keepdims=True)
@@ -82,21 +86,45 @@ class _ExactEMD(torch.autograd.Function):
         plan, f, g_centred = ctx.saved_tensors
         g = g_centred
         return (grad_value[:, None, None] * plan, grad_value[:, None] * f,
-                grad_value[:, None] * g, None, None)
+                grad_value[:, None] * g, None, None, None, None)
+
+
+def _check_basis(init, B: int, M: int, N: int, engine: str):
+    from ._problem import EMDInputError
+    if engine != "simplex":
+        raise EMDInputError(f"exact: a starting basis (init) needs engine 'simplex', not {engine!r}")
+    K = M + N - 1
+    if not (isinstance(init, (tuple, list)) and len(init) == 2 and all(isinstance(t, torch.Tensor) for t in init)
+            and all(tuple(t.shape) == (B, K) and not t.is_floating_point() for t in init)):
+        raise EMDInputError(f"exact: init must be a basis (rows [{B}, {K}], columns [{B}, {K}], integer "
+                            f"tensors), e.g. a previous result's info['warm_start']")
+    return tuple(t.detach().to("cpu", torch.int64).numpy() for t in init)
 
 
 def solve_exact(cost: torch.Tensor, a: torch.Tensor, b: torch.Tensor,
-                max_iter: int = 100_000, engine: str = "simplex") -> EMDResult:
+                max_iter: int = 100_000, engine: str = "simplex",
+                init: Optional[Tuple[torch.Tensor, torch.Tensor]] = None) -> EMDResult:
     """Exact EMD of cost [B, M, N], a [B, M], b [B, N]; see the module docstring.
 
     ``engine``: ``"simplex"`` (compiled, batched, parallel) or ``"pot"`` (POT per problem).
-    """
-    value, plan, f, g = _ExactEMD.apply(cost, a, b, max_iter, engine)
-    return EMDResult(plan=plan, value=value, potentials=(f, g), solver="exact")
+    ``init``: starting bases (rows [B, M + N - 1], columns [B, M + N - 1]), e.g. the
+    ``info["warm_start"]`` of a nearby batch solved before: each problem starts from its
+    basis where that is feasible for its marginals (the same optimum in fewer pivots).
+    ``info``: ``warm_start`` (the final bases) and ``pivots`` [B] with the simplex engine."""
+    B, M, N = cost.shape
+    basis = None if init is None else _check_basis(init, B, M, N, engine)
+    out: dict = {}
+    value, plan, f, g = _ExactEMD.apply(cost, a, b, max_iter, engine, basis, out)
+    info = {}
+    if out["basis"] is not None:
+        info = {"warm_start": tuple(torch.from_numpy(x) for x in out["basis"]),
+                "pivots": torch.from_numpy(out["pivots"])}
+    return EMDResult(plan=plan, value=value, potentials=(f, g), solver="exact", info=info)
 
 
 SPEC = SolverSpec(
     solve_exact,
     {"max_iter": Option(100_000, int, low=1), "engine": Option("simplex", str, choices=ENGINES)},
     differentiation="envelope theorem: d value / d cost = plan, d value / d (a, b) = the "
-                    "centred dual potentials; the plan carries no gradient")
+                    "centred dual potentials; the plan carries no gradient",
+    envelope=True, warm_starts=True)

@@ -144,7 +144,62 @@ def _hang(top, shift, cost, arc_r, arc_c, adj, deg, parent, depth, u, v, queue, 
 
 
 @njit(cache=True, nogil=True)
-def _solve_one(cost, a, b, plan, u, v, max_iter, tol):  # pragma: no cover (compiled)
+def _basic_flows(a, b, arc_r, arc_c, arc_x, tol):  # pragma: no cover (compiled)
+    """The flows of the basis (arc_r, arc_c) for marginals a, b, by peeling leaves off the
+    tree (a leaf's one arc carries its remaining mass). False when the arcs are not a
+    spanning tree or a flow is negative (the basis is not feasible for these marginals)."""
+    M = a.shape[0]
+    N = b.shape[0]
+    K = M + N - 1
+    n_nodes = M + N
+    rest = np.empty(n_nodes)
+    rest[:M] = a
+    rest[M:] = b
+    deg = np.zeros(n_nodes, np.int64)
+    incident = np.zeros(n_nodes, np.int64)      # sum of incident arc ids (the last one's id)
+    for e in range(K):
+        r = arc_r[e]
+        c = arc_c[e]
+        if r < 0 or r >= M or c < 0 or c >= N:
+            return False
+        deg[r] += 1
+        deg[M + c] += 1
+        incident[r] += e
+        incident[M + c] += e
+    stack = np.empty(n_nodes, np.int64)
+    top = 0
+    for n in range(n_nodes):
+        if deg[n] == 1:
+            stack[top] = n
+            top += 1
+        elif deg[n] == 0:
+            return False
+    done = 0
+    while top > 0:
+        top -= 1
+        n = stack[top]
+        if deg[n] != 1:
+            continue
+        e = incident[n]
+        x = rest[n]
+        if x < -tol:
+            return False
+        arc_x[e] = max(x, 0.0)
+        m = M + arc_c[e] if n < M else arc_r[e]
+        rest[n] = 0.0
+        rest[m] -= x
+        deg[n] = 0
+        deg[m] -= 1
+        incident[m] -= e
+        done += 1
+        if deg[m] == 1:
+            stack[top] = m
+            top += 1
+    return done == K
+
+
+@njit(cache=True, nogil=True)
+def _solve_one(cost, a, b, plan, u, v, max_iter, tol, basis_r, basis_c, warm):  # pragma: no cover
     M, N = cost.shape
     K = M + N - 1
     n_nodes = M + N
@@ -152,8 +207,14 @@ def _solve_one(cost, a, b, plan, u, v, max_iter, tol):  # pragma: no cover (comp
     arc_c = np.empty(K, np.int64)
     arc_x = np.empty(K, np.float64)
 
-    # 1. start from the matrix-minimum basic solution
-    if _matrix_minimum(cost, a, b, arc_r, arc_c, arc_x) < K:
+    # 1. start from the given basis where it is a feasible tree for these marginals (a warm
+    #    start), else from the matrix-minimum basic solution
+    started = False
+    if warm:
+        arc_r[:] = basis_r
+        arc_c[:] = basis_c
+        started = _basic_flows(a, b, arc_r, arc_c, arc_x, 1e-12 * (a.sum() + 1.0))
+    if not started and _matrix_minimum(cost, a, b, arc_r, arc_c, arc_x) < K:
         return 0, 0
 
     # the basis tree: adjacency lists (arc ids), parent arc and depth below the root (row 0)
@@ -281,6 +342,8 @@ def _solve_one(cost, a, b, plan, u, v, max_iter, tol):  # pragma: no cover (comp
     plan[:, :] = 0.0
     for e in range(K):
         plan[arc_r[e], arc_c[e]] += max(arc_x[e], 0.0)
+    basis_r[:] = arc_r
+    basis_c[:] = arc_c
     return code, it
 
 
@@ -292,36 +355,51 @@ def _outputs(cost):  # pragma: no cover (compiled)
 
 
 @njit(cache=True, nogil=True)
-def _solve_into(t, cost, a, b, max_iter, tol, plan, value, f, g, code, iters):  # pragma: no cover
-    code[t], iters[t] = _solve_one(cost[t], a[t], b[t], plan[t], f[t], g[t], max_iter, tol)
+def _solve_into(t, cost, a, b, max_iter, tol, basis_r, basis_c, warm,
+                plan, value, f, g, code, iters):  # pragma: no cover (compiled)
+    code[t], iters[t] = _solve_one(cost[t], a[t], b[t], plan[t], f[t], g[t], max_iter, tol,
+                                   basis_r[t], basis_c[t], warm)
     value[t] = np.sum(cost[t] * plan[t])
 
 
 @njit(cache=True, parallel=True)
-def _solve_parallel(cost, a, b, max_iter, tol):  # pragma: no cover (compiled)
+def _solve_parallel(cost, a, b, max_iter, tol, basis_r, basis_c, warm):  # pragma: no cover
     out = _outputs(cost)
     for t in prange(cost.shape[0]):
-        _solve_into(t, cost, a, b, max_iter, tol, *out)
+        _solve_into(t, cost, a, b, max_iter, tol, basis_r, basis_c, warm, *out)
     return out
 
 
 @njit(cache=True)
-def _solve_serial(cost, a, b, max_iter, tol):  # pragma: no cover (compiled)
+def _solve_serial(cost, a, b, max_iter, tol, basis_r, basis_c, warm):  # pragma: no cover
     out = _outputs(cost)
     for t in range(cost.shape[0]):
-        _solve_into(t, cost, a, b, max_iter, tol, *out)
+        _solve_into(t, cost, a, b, max_iter, tol, basis_r, basis_c, warm, *out)
     return out
 
 
 PARALLEL_MIN_BATCH = 64      # below this, thread start-up costs more than it saves
 
 
-def solve_batch(cost, a, b, max_iter, tol):
+def solve_batch(cost, a, b, max_iter, tol, basis=None):
     """Solve cost [B, M, N], a [B, M], b [B, N] (float64, equal masses); in parallel over the
     problems when B >= PARALLEL_MIN_BATCH.
 
+    ``basis``: optional starting bases (rows [B, M + N - 1], columns [B, M + N - 1], int64),
+    e.g. those returned for nearby problems: a problem starts from its basis where that is a
+    spanning tree whose flows are feasible for its marginals (a warm start: the same optimum
+    in fewer pivots), else from the matrix-minimum rule.
+
     Returns plan [B, M, N], value [B], f [B, M], g [B, N] (a dual optimum with f_0 = 0),
-    code [B] (1 = optimal) and the pivot count [B].
+    code [B] (1 = optimal), the pivot count [B] and the final bases (rows, columns).
     """
-    return (_solve_parallel if cost.shape[0] >= PARALLEL_MIN_BATCH else _solve_serial)(
-        cost, a, b, max_iter, tol)
+    B, M, N = cost.shape
+    warm = basis is not None
+    if warm:
+        rows, cols = (np.ascontiguousarray(x, dtype=np.int64).copy() for x in basis)
+    else:
+        rows = np.zeros((B, M + N - 1), np.int64)
+        cols = np.zeros((B, M + N - 1), np.int64)
+    out = (_solve_parallel if B >= PARALLEL_MIN_BATCH else _solve_serial)(
+        cost, a, b, max_iter, tol, rows, cols, warm)
+    return (*out, (rows, cols))

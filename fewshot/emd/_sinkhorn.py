@@ -41,19 +41,38 @@ def _lse(x: torch.Tensor, dim: int) -> torch.Tensor:
 
 
 def _iterate(cost, log_a, log_b, f, g, eps, max_iter, tol, mass, check_every=10):
+    """Sinkhorn iterations from (f, g) until every problem's L1 marginal error (relative to
+    its mass) is at most ``tol`` or ``max_iter``; returns f, g, the iterations of the slowest
+    problem and the errors [B]. Without autograd through the iterations, a problem that has
+    converged stops iterating (the batch shrinks to the unconverged ones at each check), so a
+    large batch costs what its problems need, not what its slowest one needs times the batch."""
+    B = cost.shape[0]
+    err = torch.full((B,), float("inf"), dtype=cost.dtype, device=cost.device)
+    mask = not (cost.requires_grad or log_a.requires_grad or log_b.requires_grad) and tol > 0
+    f, g = (f.clone(), g.clone()) if mask else (f, g)
+    active = torch.arange(B, device=cost.device)
+    c, la, lb, fa, ga, ma = cost, log_a, log_b, f, g, mass
     it = 0
-    err = torch.full(cost.shape[:1], float("inf"), dtype=cost.dtype, device=cost.device)
     while it < max_iter:
-        f = eps * (log_a - _lse((g[:, None, :] - cost) / eps, dim=2))
-        g = eps * (log_b - _lse((f[:, :, None] - cost) / eps, dim=1))
+        fa = eps * (la - _lse((ga[:, None, :] - c) / eps, dim=2))
+        ga = eps * (lb - _lse((fa[:, :, None] - c) / eps, dim=1))
         it += 1
         if it % check_every == 0 or it == max_iter:
             with torch.no_grad():
-                rows = torch.exp(((f[:, :, None] + g[:, None, :] - cost) / eps).clamp_min(-80.0)).sum(2)
-                err = (rows - log_a.exp()).abs().sum(1) / mass
-            if bool((err <= tol).all()):
+                rows = torch.exp(((fa[:, :, None] + ga[:, None, :] - c) / eps).clamp_min(-80.0)).sum(2)
+                e = (rows - la.exp()).abs().sum(1) / ma
+            if not mask:
+                f, g, err = fa, ga, e
+                if bool((e <= tol).all()):
+                    break
+                continue
+            f[active], g[active], err[active] = fa, ga, e
+            left = e > tol
+            if not bool(left.any()):
                 break
-    return f, g, it, err
+            if not bool(left.all()):              # drop the converged problems
+                active, c, la, lb, fa, ga, ma = (t[left] for t in (active, c, la, lb, fa, ga, ma))
+    return f, g, it, err       # every exit follows a check, which stored fa, ga
 
 
 def _plan(cost, f, g, eps):
@@ -160,6 +179,7 @@ def solve_sinkhorn(cost: torch.Tensor, a: torch.Tensor, b: torch.Tensor, epsilon
             f"after {total} iterations (tol {tol:g}, epsilon {epsilon:g}, costs up to {scale:.3g}); "
             f"raise max_iter or epsilon (relative to the costs), or set epsilon_scaling")
     info = {"marginal_error": err, "converged": err <= tol, "iterations": total,
+            "warm_start": (f.detach(), g.detach()),
             "epsilon": epsilon, "gradient": gradient}
     return EMDResult(plan=plan if unrolled else plan.detach(), value=value,
                      potentials=(f.detach(), g.detach()), solver="sinkhorn", info=info)

@@ -85,9 +85,14 @@ class SolverSpec:
     options: name -> :class:`Option` of every option ``fn`` takes.
     differentiation: how gradients reach cost, a and b (one line).
     needs_points: ``fn`` takes the node coordinates ``x`` [B, M, D] and ``y`` [B, N, D].
-    warm_starts: ``fn`` takes ``init`` = (f [B, M], g [B, N]) potentials to start from.
+    warm_starts: ``fn`` takes ``init``, a state to start from that a result of nearby
+        problems carries as ``info["warm_start"]`` (sinkhorn: the potentials f [B, M],
+        g [B, N]; exact: the optimal bases, rows and columns [B, M + N - 1]).
     check: optional ``check(options, where)`` run on the checked options, for what one
         option alone cannot say (a file that must exist, options that exclude each other).
+    envelope: the gradient is the envelope theorem's: d value / d cost = plan and
+        d value / d (a, b) = the returned potentials (up to a constant), so callers may
+        form gradients in closed form from the result instead of through autograd.
     """
     fn: Callable[..., EMDResult]
     options: Dict[str, Option] = field(default_factory=dict)
@@ -95,6 +100,7 @@ class SolverSpec:
     needs_points: bool = False
     warm_starts: bool = False
     check: Optional[Callable[[Dict[str, Any], str], None]] = None
+    envelope: bool = False
 
 
 def spec_from_signature(fn: Callable, **kw: Any) -> SolverSpec:
@@ -117,21 +123,22 @@ class Solver:
         result = solver(cost, a, b)          # cost [B, M, N], a [B, M], b [B, N]
 
     Attributes: ``name``, ``options`` (every option, defaults filled in),
-    ``needs_points``, ``warm_starts``, ``differentiation`` (see :class:`SolverSpec`).
+    ``needs_points``, ``warm_starts``, ``differentiation``, ``envelope`` (see :class:`SolverSpec`).
     """
 
     def __init__(self, name: str, spec: SolverSpec, options: Dict[str, Any]):
         self.name, self._fn = name, spec.fn
         self.options = options
         self.needs_points, self.warm_starts = spec.needs_points, spec.warm_starts
-        self.differentiation = spec.differentiation
+        self.differentiation, self.envelope = spec.differentiation, spec.envelope
 
     def __call__(self, cost: torch.Tensor, a: torch.Tensor, b: torch.Tensor, *,
                  x: Optional[torch.Tensor] = None, y: Optional[torch.Tensor] = None,
                  init: Optional[Tuple[torch.Tensor, torch.Tensor]] = None) -> EMDResult:
         """Solve cost [B, M, N], a [B, M], b [B, N]; ``x`` [B, M, D] and ``y`` [B, N, D] for
-        solvers that need node coordinates, ``init`` (f [B, M], g [B, N]) for those that
-        warm-start. Raises EMDInputError naming the argument for invalid tensors."""
+        solvers that need node coordinates, ``init`` (a previous result's
+        ``info["warm_start"]``, per problem) for those that warm-start. Raises
+        EMDInputError naming the argument for invalid tensors."""
         check_problem(cost, a, b)
         extra: Dict[str, Any] = {}
         if self.needs_points:

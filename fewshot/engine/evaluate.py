@@ -35,11 +35,13 @@ def _placed(images: torch.Tensor, device: torch.device, channels_last: bool) -> 
 
 def evaluate(model: FewShotClassifier, sampler: Sampler, n_episodes: int, device: torch.device,
              cache_features: bool = True, progress: bool = False,
-             channels_last: bool = False) -> Dict[str, float]:
+             channels_last: bool = False, episodes_per_fit: int = 50) -> Dict[str, float]:
     """Accuracy over episodes ``0 .. n_episodes - 1`` of ``sampler``.
 
     With ``cache_features`` (and a method whose eval-mode encoding is deterministic),
-    every distinct image is encoded once and episodes run on the cached features.
+    every distinct image is encoded once and episodes run on the cached features, their
+    support sets fitted ``episodes_per_fit`` at a time (``model.fit_supports``: DeepEMD's
+    Structured FC runs them in lockstep; the result of each is that of fitting it alone).
     Returns ``{"accuracy", "ci95", "episodes", "seconds", "encode_seconds", "episode_seconds"}``
     (accuracies in percent).
     """
@@ -56,13 +58,18 @@ def evaluate(model: FewShotClassifier, sampler: Sampler, n_episodes: int, device
         features = encode_images(model, sampler.dataset, distinct, device, progress=progress,
                                  channels_last=channels_last)
         encode_seconds = time.perf_counter() - start
-        for ep in tqdm(indices, desc="episodes", disable=not progress, leave=False):
-            s = features[[position[j] for j in ep.support]]
-            q = features[[position[j] for j in ep.query]]
-            model.fit_support(s, ep.labels(len(ep.support) // ep.n_way).to(device))
-            with torch.no_grad():
-                pred = model.score(q).argmax(1).cpu()
-            accs.append((pred == ep.labels(len(ep.query) // ep.n_way)).float().mean().item() * 100)
+        bar = tqdm(total=len(indices), desc="episodes", disable=not progress, leave=False)
+        for first in range(0, len(indices), episodes_per_fit):
+            group = indices[first:first + episodes_per_fit]   # support sets fitted together
+            support = torch.stack([features[[position[j] for j in ep.support]] for ep in group])
+            labels = torch.stack([ep.labels(len(ep.support) // ep.n_way) for ep in group]).to(device)
+            for ep, prototypes in zip(group, model.fit_supports(support, labels)):
+                model.prototypes = prototypes
+                with torch.no_grad():
+                    pred = model.score(features[[position[j] for j in ep.query]]).argmax(1).cpu()
+                accs.append((pred == ep.labels(len(ep.query) // ep.n_way)).float().mean().item() * 100)
+            bar.update(len(group))
+        bar.close()
     else:
         for i in tqdm(range(n_episodes), desc="episodes", disable=not progress, leave=False):
             ep = sampler.episode(i).to(device)

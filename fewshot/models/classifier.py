@@ -11,7 +11,7 @@ each distinct image once and run many episodes on cached features.
 """
 from __future__ import annotations
 
-from typing import List
+from typing import List, Optional
 
 import torch
 import torch.nn as nn
@@ -34,6 +34,7 @@ class FewShotClassifier(nn.Module):
     def __init__(self, backbone: Backbone):
         super().__init__()
         self.backbone = backbone
+        self.prototypes: Optional[torch.Tensor] = None   # what fit_support adapts
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         """Features of images [B, C_in, H, W] (layout is method specific, batch first)."""
@@ -47,6 +48,17 @@ class FewShotClassifier(nn.Module):
     def score(self, query_features: torch.Tensor) -> torch.Tensor:
         """Logits [n_query_total, n_way] for query features [n_query_total, ...]."""
         raise NotImplementedError
+
+    def fit_supports(self, support_features: torch.Tensor, support_labels: torch.Tensor) -> List[torch.Tensor]:
+        """What ``fit_support`` sets as ``prototypes``, for E episodes at once: features
+        [E, n, ...], labels [E, n] -> E prototype tensors (install one with ``prototypes =``
+        before ``score``). This default fits one episode after another; methods whose fit is
+        costly batch it (DeepEMD's Structured FC)."""
+        out = []
+        for features, labels in zip(support_features, support_labels):
+            self.fit_support(features, labels)
+            out.append(self.prototypes)
+        return out
 
     def process_support_set(self, support_images: torch.Tensor, support_labels: torch.Tensor) -> None:
         self.fit_support(self.encode(support_images), support_labels)

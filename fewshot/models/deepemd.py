@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Dict, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -34,38 +34,39 @@ METRICS = ("cosine", "l2")
 
 
 def cross_reference_weights(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Weights of x's nodes given y: x [P, C, M], y [Q, C, N] -> [P, Q, M],
-    w[p, q, i] = relu(<x[p, :, i], mean_j y[q, :, j]>) + 1e-3."""
-    return F.relu(torch.einsum("pcm,qc->pqm", x, y.mean(-1))) + 1e-3
+    """Weights of x's nodes given y: x [..., P, C, M], y [..., Q, C, N] -> [..., P, Q, M],
+    w[p, q, i] = relu(<x[p, :, i], mean_j y[q, :, j]>) + 1e-3 (leading dims: episodes)."""
+    return F.relu(torch.einsum("...pcm,...qc->...pqm", x, y.mean(-1))) + 1e-3
 
 
 def node_cost(query: torch.Tensor, proto: torch.Tensor, metric: str = "cosine",
               center: bool = True) -> torch.Tensor:
-    """Cost between nodes: query [Q, C, M], proto [W, C, N] -> [Q, W, M, N].
+    """Cost between nodes: query [..., Q, C, M], proto [..., W, C, N] -> [..., Q, W, M, N].
 
     ``cosine``: 1 - cos(u_i, v_j); ``l2``: |u_i - v_j|^2. With ``center`` each node's
     channels are centred (the mean over channels subtracted) first, as in DeepEMD."""
     if center:
-        query = query - query.mean(1, keepdim=True)
-        proto = proto - proto.mean(1, keepdim=True)
+        query = query - query.mean(-2, keepdim=True)
+        proto = proto - proto.mean(-2, keepdim=True)
     if metric == "cosine":
-        qn = F.normalize(query, dim=1)
-        pn = F.normalize(proto, dim=1)
-        return 1 - torch.einsum("qcm,wcn->qwmn", qn, pn)
+        qn = F.normalize(query, dim=-2)
+        pn = F.normalize(proto, dim=-2)
+        return 1 - torch.einsum("...qcm,...wcn->...qwmn", qn, pn)
     if metric == "l2":
-        d = query.permute(0, 2, 1)[:, None, :, None, :] - proto.permute(0, 2, 1)[None, :, None, :, :]
+        u, v = query.transpose(-1, -2), proto.transpose(-1, -2)          # [..., Q, M, C], [..., W, N, C]
+        d = u[..., :, None, :, None, :] - v[..., None, :, None, :, :]
         return d.pow(2).sum(-1)
     raise ConfigError(f"DeepEMD metric must be one of {METRICS}, got {metric!r}")
 
 
 def emd_problem(query: torch.Tensor, proto: torch.Tensor, metric: str = "cosine",
                 center: bool = True) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """DeepEMD's transport problems between query nodes [Q, C, M] and prototype nodes
-    [W, C, N]: cost [Q, W, M, N], cross-reference weights a [Q, W, M] and b [Q, W, N],
-    each normalised to total mass M."""
-    M = query.shape[2]
-    a = cross_reference_weights(query, proto)                       # [Q, W, M]
-    b = cross_reference_weights(proto, query).transpose(0, 1)       # [Q, W, N]
+    """DeepEMD's transport problems between query nodes [..., Q, C, M] and prototype nodes
+    [..., W, C, N]: cost [..., Q, W, M, N], cross-reference weights a [..., Q, W, M] and
+    b [..., Q, W, N], each normalised to total mass M (leading dims: episodes)."""
+    M = query.shape[-1]
+    a = cross_reference_weights(query, proto)                       # [..., Q, W, M]
+    b = cross_reference_weights(proto, query).transpose(-3, -2)     # [..., Q, W, N]
     a = a * (M / a.sum(-1, keepdim=True))
     b = b * (M / b.sum(-1, keepdim=True))
     return node_cost(query, proto, metric, center), a, b
@@ -77,28 +78,28 @@ def emd_logits(query: torch.Tensor, proto: torch.Tensor, solver: Union[str, emd.
                init: Optional[Tuple[torch.Tensor, torch.Tensor]] = None,
                return_result: bool = False
                ) -> Union[torch.Tensor, Tuple[torch.Tensor, emd.EMDResult]]:
-    """DeepEMD logits [Q, W] of query nodes [Q, C, M] against prototype nodes [W, C, N].
+    """DeepEMD logits [..., Q, W] of query nodes [..., Q, C, M] against prototype nodes
+    [..., W, C, N] (leading dims: episodes, all solved in one call).
 
     ``solver``: a built :class:`fewshot.emd.Solver`, or a name with ``solver_options``.
-    ``init``: starting potentials (f [Q, W, M], g [Q, W, N]) for solvers that warm-start
-    (``Solver.warm_starts``). With ``return_result`` the solver's EMDResult over the Q * W
-    problems (query-major) is returned too."""
+    ``init``: starting potentials (f [..., Q, W, M], g [..., Q, W, N]) for solvers that
+    warm-start (``Solver.warm_starts``). With ``return_result`` the solver's EMDResult over
+    the problems (flattened in the order of the logits) is returned too."""
     if not isinstance(solver, emd.Solver):
         solver = emd.make_solver(solver, solver_options)
     elif solver_options:
         raise ConfigError("emd_logits: solver_options given with a built solver")
-    Q, W, M = query.shape[0], proto.shape[0], query.shape[2]
-    N = proto.shape[2]
+    M, N = query.shape[-1], proto.shape[-1]
     cost, a, b = emd_problem(query, proto, metric, center)
+    shape = cost.shape[:-2]                                          # [..., Q, W]
     x = y = None
     if solver.needs_points:                                         # e.g. chain: node features
-        x = query.transpose(1, 2)[:, None].expand(Q, W, M, -1).reshape(Q * W, M, -1)
-        y = proto.transpose(1, 2)[None].expand(Q, W, N, -1).reshape(Q * W, N, -1)
+        x = query.transpose(-1, -2).unsqueeze(-3).expand(*shape, M, -1).reshape(-1, M, query.shape[-2])
+        y = proto.transpose(-1, -2).unsqueeze(-4).expand(*shape, N, -1).reshape(-1, N, proto.shape[-2])
     if init is not None:
-        init = (init[0].reshape(Q * W, M), init[1].reshape(Q * W, N))
-    result = solver(cost.reshape(Q * W, M, N), a.reshape(Q * W, M), b.reshape(Q * W, N),
-                    x=x, y=y, init=init)
-    logits = (temperature * (1 - result.value / M)).reshape(Q, W)
+        init = (init[0].reshape(-1, M), init[1].reshape(-1, N))
+    result = solver(cost.reshape(-1, M, N), a.reshape(-1, M), b.reshape(-1, N), x=x, y=y, init=init)
+    logits = (temperature * (1 - result.value / M)).reshape(shape)
     return (logits, result) if return_result else logits
 
 
@@ -139,7 +140,8 @@ _SFC_OPTIONS = {
     "steps": emd.Option(100, int, low=1), "batch": emd.Option(4, int, low=1),
     "lr": emd.Option(0.1, float, low=0, low_open=True), "momentum": emd.Option(0.9, float, low=0, high=1),
     "dampening": emd.Option(0.9, float, low=0, high=1), "weight_decay": emd.Option(0.0, float, low=0),
-    "seed": emd.Option(0, int, low=0), "warm_start": emd.Option(True, bool)}
+    "seed": emd.Option(0, int, low=0), "warm_start": emd.Option(True, bool),
+    "gradient": emd.Option("closed_form", str, choices=("closed_form", "autograd"))}
 
 
 @dataclass(frozen=True)
@@ -148,7 +150,9 @@ class StructuredFC:
     ``dampening``, ``weight_decay``) in batches of ``batch`` support images, shuffled by
     ``seed`` (the same for every episode, so an episode's result does not depend on which
     episodes ran before it); ``warm_start``: start each support image's EMD problems from
-    the potentials of its previous step (solvers that warm-start, e.g. sinkhorn)."""
+    where its previous step ended (sinkhorn: potentials; exact: optimal bases);
+    ``gradient``: ``closed_form`` (where the solver's gradient is the envelope theorem's and
+    the cost is cosine: :func:`sfc_gradient`, no autograd graph) or ``autograd``."""
     steps: int = 100
     batch: int = 4
     lr: float = 0.1
@@ -157,6 +161,7 @@ class StructuredFC:
     weight_decay: float = 0.0
     seed: int = 0
     warm_start: bool = True
+    gradient: str = "closed_form"
 
     def __post_init__(self):
         for key, opt in _SFC_OPTIONS.items():
@@ -164,36 +169,126 @@ class StructuredFC:
 
     def fit(self, head: EMDHead, support: torch.Tensor, labels: torch.Tensor,
             stats: Optional[Dict[str, int]] = None) -> torch.Tensor:
-        """Prototypes [n_way, C, n_nodes] fitted to support [n, C, n_nodes] with labels [n].
+        """Prototypes [n_way, C, n_nodes] fitted to support [n, C, n_nodes] with labels [n]:
+        :meth:`fit_many` of one episode."""
+        return self.fit_many(head, support[None], labels[None], stats)[0]
+
+    def fit_many(self, head: EMDHead, support: torch.Tensor, labels: torch.Tensor,
+                 stats: Optional[Dict[str, int]] = None) -> torch.Tensor:
+        """Prototypes [E, n_way, C, n_nodes] of E episodes fitted in lockstep to support
+        [E, n, C, n_nodes] with labels [E, n] (each episode's n_way classes 0..n_way-1).
 
         Initialised from the class means, then SGD on the cross-entropy of the support
         images' DeepEMD logits against the prototypes (gradient through the EMD layer);
-        the features are held fixed. ``stats``, if given, accumulates ``solves`` (solver
-        calls) and ``iterations`` (the solvers' ``info["iterations"]`` where they report it)."""
-        proto = nn.Parameter(class_means(support.detach(), labels).clone())
+        the features are held fixed. Every episode sees the same shuffling (``seed``) and
+        its own prototypes and momentum; one solver call per step covers all episodes, so
+        an episode's prototypes are those of fitting it alone (to rounding). With
+        ``warm_start`` and a solver that warm-starts, each support image's problems start
+        from the state (``info["warm_start"]``) its previous step ended in: the prototypes
+        move little per step, so the last step's potentials (sinkhorn) or optimal bases
+        (exact) are near-optimal starts. With ``exact`` and the cosine cost the gradient is
+        formed in closed form (:func:`sfc_gradient`), without autograd. ``stats``, if given,
+        accumulates ``solves`` (solver calls), ``problems`` (EMD problems solved),
+        ``iterations`` (sinkhorn, per call) and ``pivots`` (exact, summed over problems)."""
+        feats = support.detach()
+        E, n = labels.shape
+        proto = nn.Parameter(torch.stack([class_means(f, l) for f, l in zip(feats, labels)]))
         opt = torch.optim.SGD([proto], lr=self.lr, momentum=self.momentum,
                               dampening=self.dampening, weight_decay=self.weight_decay)
-        feats = support.detach()
-        n, W = feats.shape[0], proto.shape[0]
-        potentials = None
-        if self.warm_start and head.solver.warm_starts:
-            potentials = (feats.new_zeros(n, W, feats.shape[2]), feats.new_zeros(n, W, proto.shape[2]))
+        W = proto.shape[1]
+        warm = self.warm_start and head.solver.warm_starts
+        starts = None       # per (episode, support image, class): the last solve's warm start
         gen = torch.Generator().manual_seed(self.seed)
+        closed_form = self.gradient == "closed_form" and head.solver.envelope and head.metric == "cosine"
+        if closed_form:                                 # the support's unit nodes, once
+            hat = F.normalize(feats - feats.mean(-2, keepdim=True) if head.center else feats, dim=-2)
         with torch.enable_grad():
             for _ in range(self.steps):
                 for chunk in torch.randperm(n, generator=gen).to(feats.device).split(self.batch):
                     opt.zero_grad()
-                    init = None if potentials is None else (potentials[0][chunk], potentials[1][chunk])
-                    logits, result = head(feats[chunk], proto, init=init, return_result=True)
+                    init = None
+                    if starts is not None:
+                        init = tuple(t[:, chunk.to(t.device)].reshape(-1, *t.shape[3:]) for t in starts)
+                    if closed_form:                 # no autograd graph: the gradient by hand
+                        proto.grad, result = sfc_gradient(head, feats[:, chunk], proto.detach(),
+                                                          labels[:, chunk], hat[:, chunk], init)
+                    else:
+                        logits, result = head(feats[:, chunk], proto, init=init, return_result=True)
+                        # the sum over episodes of each episode's mean cross-entropy over the chunk
+                        F.cross_entropy(logits.reshape(-1, W), labels[:, chunk].reshape(-1),
+                                        reduction="sum").div(len(chunk)).backward()
+                    opt.step()
+                    if warm:
+                        # zeros for the images not solved yet: sinkhorn starts cold from zero
+                        # potentials, exact from its own start (zeros are not a basis)
+                        state = result.info["warm_start"]
+                        if starts is None:
+                            starts = tuple(t.new_zeros((E, n, W) + tuple(t.shape[1:])) for t in state)
+                        for buffer, t in zip(starts, state):
+                            buffer[:, chunk.to(buffer.device)] = t.reshape(E, len(chunk), W, *t.shape[1:])
                     if stats is not None:
                         stats["solves"] = stats.get("solves", 0) + 1
-                        stats["iterations"] = stats.get("iterations", 0) + int(result.info.get("iterations", 0))
-                    if potentials is not None:
-                        potentials[0][chunk] = result.potentials[0].reshape(len(chunk), W, -1)
-                        potentials[1][chunk] = result.potentials[1].reshape(len(chunk), W, -1)
-                    F.cross_entropy(logits, labels[chunk]).backward()
-                    opt.step()
+                        stats["problems"] = stats.get("problems", 0) + E * len(chunk) * W
+                        for k in ("iterations", "pivots"):
+                            if k in result.info:
+                                stats[k] = stats.get(k, 0) + int(torch.as_tensor(result.info[k]).sum())
         return proto.detach()
+
+
+@torch.no_grad()
+def sfc_gradient(head: EMDHead, support: torch.Tensor, proto: torch.Tensor, labels: torch.Tensor,
+                 support_hat: Optional[torch.Tensor] = None, init=None) -> Tuple[torch.Tensor, emd.EMDResult]:
+    """Gradient [E, W, C, N] of the Structured FC loss (the sum over episodes of the mean
+    cross-entropy of the support logits) with respect to the prototypes proto [E, W, C, N],
+    for support [E, k, C, M] with labels [E, k], in closed form, and the solver's result.
+
+    For a solver whose gradient is the envelope theorem's (``Solver.envelope``: d value /
+    d cost = plan, d value / d (a, b) = the potentials f, g) and the cosine cost, with
+    gamma = d loss / d value = -temperature / M * (softmax - onehot) / k:
+
+    * cost: d loss / d phat_w = -sum_k gamma_kw xhat_k plan_kw, through the normalisation
+      (g - phat <phat, g>) / |ptilde| and the channel centring (minus its channel mean);
+    * a = M atilde / sum(atilde), atilde_i = relu(<x_i, mean_j P_j>) + 1e-3: d loss / d atilde
+      = gamma M / sum(atilde) (f - <f, a> / M), times the relu's step, onto mean_j P_j;
+    * b likewise with g, onto each prototype node through <P_j, mean_i x_i>.
+
+    The same numbers as autograd through :func:`emd_logits` (``tests/test_deepemd.py``),
+    without building a graph. ``support_hat``: the support's centred, normalised nodes, if
+    the caller keeps them between steps; ``init``: the solver's warm start."""
+    M, N = support.shape[-1], proto.shape[-1]
+    T = head.temperature
+    # the problems, as emd_problem forms them: cost = 1 - <xhat_i, phat_j> and the
+    # cross-reference weights a (support nodes against the prototype's mean node) and b
+    if support_hat is None:
+        support_hat = F.normalize(support - support.mean(-2, keepdim=True) if head.center else support, dim=-2)
+    pt = proto - proto.mean(-2, keepdim=True) if head.center else proto
+    norm = pt.norm(dim=-2, keepdim=True).clamp_min(1e-12)
+    phat = pt / norm
+    cost = 1 - torch.einsum("ekcm,ewcn->ekwmn", support_hat, phat)  # [E, k, W, M, N]
+    z_a = torch.einsum("ekcm,ewc->ekwm", support, proto.mean(-1))
+    mean_x = support.mean(-1)                                        # [E, k, C]
+    z_b = torch.einsum("ewcn,ekc->ekwn", proto, mean_x)
+    a, b = F.relu(z_a) + 1e-3, F.relu(z_b) + 1e-3
+    s_a, s_b = a.sum(-1, keepdim=True), b.sum(-1, keepdim=True)
+    a, b = a * (M / s_a), b * (M / s_b)
+    result = head.solver(cost.reshape(-1, M, N), a.reshape(-1, M), b.reshape(-1, N), init=init)
+    shape = cost.shape[:-2]                                          # [E, k, W]
+    plan = result.plan.reshape(cost.shape)
+    f, g = (p.reshape(*shape, -1) for p in result.potentials)
+    logits = T * (1 - result.value.reshape(shape) / M)
+    onehot = F.one_hot(labels, shape[-1]).to(logits.dtype)
+    gamma = -T / M * (logits.softmax(-1) - onehot) / shape[1]       # d loss / d value [E, k, W]
+    # through the cost
+    h = -torch.einsum("ekcm,ekwmn->ewcn", support_hat, gamma[..., None, None] * plan)  # d loss / d phat
+    grad = (h - phat * (phat * h).sum(-2, keepdim=True)) / norm
+    if head.center:
+        grad = grad - grad.mean(-2, keepdim=True)
+    # through a, onto the prototype's mean node, and through b, onto each prototype node
+    g_a = gamma[..., None] * (M / s_a) * (f - (f * a).sum(-1, keepdim=True) / M) * (z_a > 0)
+    grad = grad + torch.einsum("ekwm,ekcm->ewc", g_a, support)[..., None] / N
+    g_b = gamma[..., None] * (M / s_b) * (g - (g * b).sum(-1, keepdim=True) / M) * (z_b > 0)
+    grad = grad + torch.einsum("ekwn,ekc->ewcn", g_b, mean_x)
+    return grad, result
 
 
 @METHODS.register("deepemd")
@@ -218,8 +313,11 @@ class DeepEMD(FewShotClassifier):
             size, SGD settings).
         sfc_seed: seed of the support-set shuffling in SFC (the same for every episode,
             so an episode's result does not depend on which episodes ran before it).
-        sfc_warm_start: start each SFC step's EMD problems from the potentials of the
-            previous step (solvers that warm-start, e.g. sinkhorn).
+        sfc_warm_start: start each SFC step's EMD problems from where the previous step
+            of the same support image ended (sinkhorn: its potentials; exact: its optimal
+            bases).
+        sfc_gradient: ``closed_form`` (exact solver, cosine cost: the SFC gradient by hand,
+            no autograd graph) or ``autograd``.
 
     Composed of named parts: the backbone and node settings (``encode_nodes``), the EMD
     head (``head``: weights, cost, the training and evaluation solvers, built and checked
@@ -234,7 +332,8 @@ class DeepEMD(FewShotClassifier):
                  temperature: float = 12.5, metric: str = "cosine", center: bool = True,
                  sfc_steps: int = 100, sfc_batch: int = 4, sfc_lr: float = 0.1,
                  sfc_momentum: float = 0.9, sfc_dampening: float = 0.9,
-                 sfc_weight_decay: float = 0.0, sfc_seed: int = 0, sfc_warm_start: bool = True):
+                 sfc_weight_decay: float = 0.0, sfc_seed: int = 0, sfc_warm_start: bool = True,
+                 sfc_gradient: str = "closed_form"):
         super().__init__(backbone)
         if patch not in PATCHES:
             raise ConfigError(f"model.options.patch must be one of {PATCHES}, got {patch!r}")
@@ -254,7 +353,7 @@ class DeepEMD(FewShotClassifier):
                 emd.make_solver(solver, eval_solver_options, f"{where}.eval_solver_options")
         self.head = EMDHead(train, evaluation, temperature, metric, center)
         self.sfc = StructuredFC(sfc_steps, sfc_batch, sfc_lr, sfc_momentum, sfc_dampening,
-                                sfc_weight_decay, sfc_seed, sfc_warm_start)
+                                sfc_weight_decay, sfc_seed, sfc_warm_start, sfc_gradient)
         self.prototypes: Optional[torch.Tensor] = None
 
     @property
@@ -338,6 +437,14 @@ class DeepEMD(FewShotClassifier):
 
     def score(self, query_features: torch.Tensor) -> torch.Tensor:
         return self.logits(query_features, self.prototypes)
+
+    def fit_supports(self, support_features: torch.Tensor, support_labels: torch.Tensor) -> List[torch.Tensor]:
+        """Prototypes of E episodes at once (support [E, n, C, n_nodes], labels [E, n]): for
+        K > 1 shots the Structured FC fits of all E run in lockstep (:meth:`StructuredFC.fit_many`)."""
+        n_way = int(support_labels.max()) + 1
+        if support_features.shape[1] == n_way:
+            return super().fit_supports(support_features, support_labels)
+        return list(self.sfc.fit_many(self.head, support_features, support_labels))
 
     def structured_fc(self, support: torch.Tensor, labels: torch.Tensor,
                       stats: Optional[Dict[str, int]] = None) -> torch.Tensor:
