@@ -192,16 +192,19 @@ class StructuredFC:
         ``iterations`` (sinkhorn, per call) and ``pivots`` (exact, summed over problems)."""
         feats = support.detach()
         E, n = labels.shape
-        proto = nn.Parameter(torch.stack([class_means(f, l) for f, l in zip(feats, labels)]))
-        opt = torch.optim.SGD([proto], lr=self.lr, momentum=self.momentum,
-                              dampening=self.dampening, weight_decay=self.weight_decay)
-        W = proto.shape[1]
+        means = torch.stack([class_means(f, l) for f, l in zip(feats, labels)])   # [E, W, C, N]
+        W = means.shape[1]
         warm = self.warm_start and head.solver.warm_starts
         starts = None       # per (episode, support image, class): the last solve's warm start
         gen = torch.Generator().manual_seed(self.seed)
         closed_form = self.gradient == "closed_form" and head.solver.envelope and head.metric == "cosine"
-        if closed_form:                                 # the support's unit nodes, once
-            hat = F.normalize(feats - feats.mean(-2, keepdim=True) if head.center else feats, dim=-2)
+        if closed_form:          # node-major (channels last) support, its unit nodes and prototypes
+            nodes = feats.transpose(-1, -2).contiguous()
+            hat = F.normalize(nodes - nodes.mean(-1, keepdim=True) if head.center else nodes, dim=-1)
+            means = means.transpose(-1, -2)
+        proto = nn.Parameter(means.contiguous())      # SGD is elementwise: the layout is free
+        opt = torch.optim.SGD([proto], lr=self.lr, momentum=self.momentum,
+                              dampening=self.dampening, weight_decay=self.weight_decay)
         with torch.enable_grad():
             for _ in range(self.steps):
                 for chunk in torch.randperm(n, generator=gen).to(feats.device).split(self.batch):
@@ -210,8 +213,8 @@ class StructuredFC:
                     if starts is not None:
                         init = tuple(t[:, chunk.to(t.device)].reshape(-1, *t.shape[3:]) for t in starts)
                     if closed_form:                 # no autograd graph: the gradient by hand
-                        proto.grad, result = sfc_gradient(head, feats[:, chunk], proto.detach(),
-                                                          labels[:, chunk], hat[:, chunk], init)
+                        proto.grad, result = _sfc_gradient_nodes(head, nodes[:, chunk], hat[:, chunk],
+                                                                 proto.detach(), labels[:, chunk], init)
                     else:
                         logits, result = head(feats[:, chunk], proto, init=init, return_result=True)
                         # the sum over episodes of each episode's mean cross-entropy over the chunk
@@ -232,7 +235,7 @@ class StructuredFC:
                         for k in ("iterations", "pivots"):
                             if k in result.info:
                                 stats[k] = stats.get(k, 0) + int(torch.as_tensor(result.info[k]).sum())
-        return proto.detach()
+        return proto.detach().transpose(-1, -2).contiguous() if closed_form else proto.detach()
 
 
 @torch.no_grad()
@@ -255,39 +258,52 @@ def sfc_gradient(head: EMDHead, support: torch.Tensor, proto: torch.Tensor, labe
     The same numbers as autograd through :func:`emd_logits` (``tests/test_deepemd.py``),
     without building a graph. ``support_hat``: the support's centred, normalised nodes, if
     the caller keeps them between steps; ``init``: the solver's warm start."""
-    M, N = support.shape[-1], proto.shape[-1]
+    if support_hat is None:
+        support_hat = F.normalize(support - support.mean(-2, keepdim=True) if head.center else support, dim=-2)
+    grad, result = _sfc_gradient_nodes(head, support.transpose(-1, -2), support_hat.transpose(-1, -2),
+                                       proto.transpose(-1, -2), labels, init)
+    return grad.transpose(-1, -2), result
+
+
+def _sfc_gradient_nodes(head: EMDHead, x: torch.Tensor, xhat: torch.Tensor, proto: torch.Tensor,
+                        labels: torch.Tensor, init=None) -> Tuple[torch.Tensor, emd.EMDResult]:
+    """:func:`sfc_gradient` on node-major tensors (channels last): support x and its unit
+    nodes xhat [E, k, M, C], prototypes proto [E, W, N, C] -> gradient [E, W, N, C]. In this
+    layout every product is a batched matrix product without copies."""
+    E, k, M, C = x.shape
+    W, N = proto.shape[1], proto.shape[2]
     T = head.temperature
     # the problems, as emd_problem forms them: cost = 1 - <xhat_i, phat_j> and the
     # cross-reference weights a (support nodes against the prototype's mean node) and b
-    if support_hat is None:
-        support_hat = F.normalize(support - support.mean(-2, keepdim=True) if head.center else support, dim=-2)
-    pt = proto - proto.mean(-2, keepdim=True) if head.center else proto
-    norm = pt.norm(dim=-2, keepdim=True).clamp_min(1e-12)
-    phat = pt / norm
-    cost = 1 - torch.einsum("ekcm,ewcn->ekwmn", support_hat, phat)  # [E, k, W, M, N]
-    z_a = torch.einsum("ekcm,ewc->ekwm", support, proto.mean(-1))
-    mean_x = support.mean(-1)                                        # [E, k, C]
-    z_b = torch.einsum("ewcn,ekc->ekwn", proto, mean_x)
+    pt = proto - proto.mean(-1, keepdim=True) if head.center else proto
+    norm = pt.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    phat = pt / norm                                                 # [E, W, N, C]
+    xs, xhs = x.reshape(E, k * M, C), xhat.reshape(E, k * M, C)
+    cost = 1 - (xhs @ phat.reshape(E, W * N, C).transpose(1, 2)).reshape(E, k, M, W, N).transpose(2, 3)
+    z_a = (xs @ proto.mean(-2).transpose(1, 2)).reshape(E, k, M, W).transpose(2, 3)   # [E, k, W, M]
+    mean_x = x.mean(-2)                                              # [E, k, C]
+    z_b = (proto.reshape(E, W * N, C) @ mean_x.transpose(1, 2)).reshape(E, W, N, k).permute(0, 3, 1, 2)
     a, b = F.relu(z_a) + 1e-3, F.relu(z_b) + 1e-3
     s_a, s_b = a.sum(-1, keepdim=True), b.sum(-1, keepdim=True)
     a, b = a * (M / s_a), b * (M / s_b)
     result = head.solver(cost.reshape(-1, M, N), a.reshape(-1, M), b.reshape(-1, N), init=init)
-    shape = cost.shape[:-2]                                          # [E, k, W]
-    plan = result.plan.reshape(cost.shape)
-    f, g = (p.reshape(*shape, -1) for p in result.potentials)
-    logits = T * (1 - result.value.reshape(shape) / M)
-    onehot = F.one_hot(labels, shape[-1]).to(logits.dtype)
-    gamma = -T / M * (logits.softmax(-1) - onehot) / shape[1]       # d loss / d value [E, k, W]
-    # through the cost
-    h = -torch.einsum("ekcm,ekwmn->ewcn", support_hat, gamma[..., None, None] * plan)  # d loss / d phat
-    grad = (h - phat * (phat * h).sum(-2, keepdim=True)) / norm
+    plan = result.plan.reshape(E, k, W, M, N)
+    f, g = (p.reshape(E, k, W, -1) for p in result.potentials)
+    logits = T * (1 - result.value.reshape(E, k, W) / M)
+    onehot = F.one_hot(labels, W).to(logits.dtype)
+    gamma = -T / M * (logits.softmax(-1) - onehot) / k              # d loss / d value [E, k, W]
+    # through the cost: d loss / d phat = -sum_k gamma xhat^T plan
+    weighted = (gamma[..., None, None] * plan).transpose(2, 3).reshape(E, k * M, W * N)
+    h = -(weighted.transpose(1, 2) @ xhs).reshape(E, W, N, C)
+    grad = (h - phat * (phat * h).sum(-1, keepdim=True)) / norm
     if head.center:
-        grad = grad - grad.mean(-2, keepdim=True)
+        grad = grad - grad.mean(-1, keepdim=True)
     # through a, onto the prototype's mean node, and through b, onto each prototype node
     g_a = gamma[..., None] * (M / s_a) * (f - (f * a).sum(-1, keepdim=True) / M) * (z_a > 0)
-    grad = grad + torch.einsum("ekwm,ekcm->ewc", g_a, support)[..., None] / N
+    d_mean = g_a.permute(0, 2, 1, 3).reshape(E, W, k * M) @ xs      # [E, W, C]
     g_b = gamma[..., None] * (M / s_b) * (g - (g * b).sum(-1, keepdim=True) / M) * (z_b > 0)
-    grad = grad + torch.einsum("ekwn,ekc->ewcn", g_b, mean_x)
+    d_nodes = g_b.permute(0, 2, 3, 1).reshape(E, W * N, k) @ mean_x  # [E, W * N, C]
+    grad = grad + d_mean[:, :, None, :] / N + d_nodes.reshape(E, W, N, C)
     return grad, result
 
 
