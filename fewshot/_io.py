@@ -76,7 +76,7 @@ def load_checkpoint(path: str, map_location: Any = "cpu") -> Dict[str, Any]:
         raise FewShotError(f"checkpoint {path!r} is empty (0 bytes); it was not written completely")
     with open(path, "rb") as f:
         head = f.read(4)
-    if head[:4] != b"PK\x03\x04" and head[:1] != b"\x80":   # zip (torch.save) or legacy pickle
+    if head != b"PK\x03\x04" and head[:1] != b"\x80":   # zip (torch.save) or legacy pickle
         raise FewShotError(f"checkpoint {path!r} could not be loaded: it is not a file written by "
                            f"torch.save (it starts with {head!r})")
     try:

@@ -10,8 +10,9 @@ built once from its name and options (:func:`make_solver`), which checks every
 option's type and range then, and is called on problems; ``solve`` does both. Each
 solver's :class:`SolverSpec` declares its options, how it differentiates
 (``Solver.differentiation``), whether it needs the node positions ``x`` [B, M, D] and
-``y`` [B, N, D] (``needs_points``, e.g. ``chain``) and whether it starts from given
-potentials ``init`` = (f [B, M], g [B, N]) (``warm_starts``, e.g. ``sinkhorn``).
+``y`` [B, N, D] (``needs_points``, e.g. ``chain``) and whether it starts from the
+``init`` a nearby result carries as ``info["warm_start"]`` (``warm_starts``: ``sinkhorn``
+its potentials, ``exact`` its optimal bases).
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 import torch
 
 from ..errors import ConfigError
+from ..registry import Registry
 from . import _chain, _cvxpylayers, _exact, _learned, _qpth, _sinkhorn, _tree
 from ._chain import chain_emd, monotone_plan
 from ._learned import MatchingTransformer, learned_emd
@@ -27,23 +29,21 @@ from ._problem import EMDInputError, EMDResult, EMDSolverError
 from ._solver import Option, Solver, SolverSpec, build, spec_from_signature
 from .hierarchy import TreeEMDLoss, tree_emd
 
-_SPECS: Dict[str, SolverSpec] = {
-    "exact": _exact.SPEC, "qpth": _qpth.SPEC, "sinkhorn": _sinkhorn.SPEC,
-    "cvxpylayers": _cvxpylayers.SPEC, "tree": _tree.SPEC, "chain": _chain.SPEC,
-    "learned": _learned.SPEC,
-}
+SOLVERS = Registry("EMD solver")   # name -> SolverSpec
+for _name, _module in (("exact", _exact), ("qpth", _qpth), ("sinkhorn", _sinkhorn),
+                      ("cvxpylayers", _cvxpylayers), ("tree", _tree), ("chain", _chain),
+                      ("learned", _learned)):
+    SOLVERS.register(_name)(_module.SPEC)
 
 
 def solvers() -> List[str]:
     """Names of the registered solvers."""
-    return sorted(_SPECS)
+    return SOLVERS.names()
 
 
 def spec(name: str) -> SolverSpec:
     """The registered SolverSpec of solver ``name`` (ConfigError for an unknown name)."""
-    if name not in _SPECS:
-        raise ConfigError(f"unknown EMD solver {name!r}; available: {', '.join(solvers())}")
-    return _SPECS[name]
+    return SOLVERS.get(name)
 
 
 def make_solver(name: str, options: Optional[Dict[str, Any]] = None, where: str = "") -> Solver:
@@ -64,7 +64,7 @@ def needs_points(solver: str) -> bool:
 
 
 def warm_starts(solver: str) -> bool:
-    """Whether ``solver`` accepts ``init`` potentials (f [B, M], g [B, N]) to start from."""
+    """Whether ``solver`` accepts an ``init`` (a previous result's ``info["warm_start"]``)."""
     return spec(solver).warm_starts
 
 
@@ -75,10 +75,9 @@ def register_solver(name: str, options: Optional[Dict[str, Option]] = None, diff
     ``options``: name -> Option of every option (default: ``fn``'s keyword arguments,
     typed by their defaults, without range checks)."""
     def decorator(fn: Callable) -> Callable:
-        if name in _SPECS:
-            raise KeyError(f"EMD solver {name!r} is registered twice")
         kw = dict(differentiation=differentiation, needs_points=needs_points, warm_starts=warm_starts)
-        _SPECS[name] = SolverSpec(fn, options, **kw) if options is not None else spec_from_signature(fn, **kw)
+        SOLVERS.register(name)(SolverSpec(fn, options, **kw) if options is not None
+                               else spec_from_signature(fn, **kw))
         return fn
     return decorator
 
@@ -90,7 +89,7 @@ def solve(cost: torch.Tensor, a: torch.Tensor, b: torch.Tensor, solver: Union[st
     (a name and its ``options``, or a built :class:`Solver`).
 
     ``x`` [B, M, D], ``y`` [B, N, D]: node coordinates, for solvers that need them;
-    ``init`` (f [B, M], g [B, N]): starting potentials, for solvers that warm-start.
+    ``init``: a previous result's ``info["warm_start"]``, for solvers that warm-start.
     Raises EMDInputError (naming the argument) for NaN/inf, negative or zero-mass
     weights, unequal masses, mismatched shapes, dtypes or devices; unknown or invalid
     solver options raise ConfigError. The result lies on the input's device, in its dtype.
@@ -104,7 +103,7 @@ def solve(cost: torch.Tensor, a: torch.Tensor, b: torch.Tensor, solver: Union[st
     return solver(cost, a, b, x=x, y=y, init=init)
 
 
-__all__ = ["solve", "solvers", "make_solver", "spec", "register_solver", "Solver", "SolverSpec",
+__all__ = ["solve", "solvers", "make_solver", "spec", "register_solver", "SOLVERS", "Solver", "SolverSpec",
            "Option", "EMDResult", "EMDInputError", "EMDSolverError", "TreeEMDLoss", "tree_emd",
            "chain_emd", "monotone_plan", "needs_points", "warm_starts", "MatchingTransformer",
            "learned_emd"]

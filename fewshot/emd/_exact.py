@@ -26,7 +26,7 @@ from typing import Optional, Tuple
 import numpy as np
 import torch
 
-from ._problem import EMDResult
+from ._problem import EMDInputError, EMDResult
 from ._solver import Option, SolverSpec
 
 
@@ -50,15 +50,14 @@ def _network_simplex(cost: np.ndarray, a: np.ndarray, b: np.ndarray, max_iter: i
         from ._simplex import solve_batch
 
         plan, value, f, g, code, pivots, basis = solve_batch(cost, a, b, max_iter, 1e-12, basis)
-        for i in np.flatnonzero(code != 1):
-            plan[i], value[i], f[i], g[i] = _pot_one(cost[i], a[i], b[i], max_iter, i)
-        return plan, value * scale, f * scale[:, None], g * scale[:, None], basis, pivots
+        unsolved = np.flatnonzero(code != 1)              # re-solved by POT
     else:
         B, M, N = cost.shape
         plan, f, g, value = np.empty((B, M, N)), np.empty((B, M)), np.empty((B, N)), np.empty(B)
-        for i in range(B):
-            plan[i], value[i], f[i], g[i] = _pot_one(cost[i], a[i], b[i], max_iter, i)
-    return plan, value * scale, f * scale[:, None], g * scale[:, None], None, None
+        unsolved, pivots = range(B), None
+    for i in unsolved:
+        plan[i], value[i], f[i], g[i] = _pot_one(cost[i], a[i], b[i], max_iter, i)
+    return plan, value * scale, f * scale[:, None], g * scale[:, None], basis, pivots
 
 
 ENGINES = ("simplex", "pot")
@@ -90,7 +89,6 @@ class _ExactEMD(torch.autograd.Function):
 
 
 def _check_basis(init, B: int, M: int, N: int, engine: str):
-    from ._problem import EMDInputError
     if engine != "simplex":
         raise EMDInputError(f"exact: a starting basis (init) needs engine 'simplex', not {engine!r}")
     K = M + N - 1

@@ -82,8 +82,8 @@ def emd_logits(query: torch.Tensor, proto: torch.Tensor, solver: Union[str, emd.
     [..., W, C, N] (leading dims: episodes, all solved in one call).
 
     ``solver``: a built :class:`fewshot.emd.Solver`, or a name with ``solver_options``.
-    ``init``: starting potentials (f [..., Q, W, M], g [..., Q, W, N]) for solvers that
-    warm-start (``Solver.warm_starts``). With ``return_result`` the solver's EMDResult over
+    ``init``: the solver's warm start for the problems (a previous result's
+    ``info["warm_start"]``, per problem in the order of the logits; ``Solver.warm_starts``). With ``return_result`` the solver's EMDResult over
     the problems (flattened in the order of the logits) is returned too."""
     if not isinstance(solver, emd.Solver):
         solver = emd.make_solver(solver, solver_options)
@@ -126,8 +126,8 @@ class EMDHead(nn.Module):
 
     def forward(self, query: torch.Tensor, proto: torch.Tensor,
                 init: Optional[Tuple[torch.Tensor, torch.Tensor]] = None, return_result: bool = False):
-        """Logits [Q, W] of query nodes [Q, C, M] against prototype nodes [W, C, N] (see
-        :func:`emd_logits`)."""
+        """Logits [..., Q, W] of query nodes [..., Q, C, M] against prototype nodes
+        [..., W, C, N] (see :func:`emd_logits`)."""
         return emd_logits(query, proto, self.solver, None, self.temperature, self.metric, self.center,
                           init=init, return_result=return_result)
 
