@@ -172,3 +172,24 @@ def test_lockstep_sfc_gives_the_prototypes_of_the_autograd_fit_of_each_episode()
         torch.testing.assert_close(new[e], old, rtol=0, atol=1e-6)
         assert (old - class_means(feats[e], labels[e])).abs().max() > 1e-2     # SFC did move them
     assert stats["solves"] == 15 * 3 and stats["pivots"] > 0
+
+
+@pytest.mark.parametrize("center,momentum,dampening,weight_decay",
+                         [(False, 0.5, 0.0, 0.01), (True, 0.0, 0.0, 0.05)])
+def test_fused_sgd_step_equals_torch_sgd(center, momentum, dampening, weight_decay):
+    """The closed form applies torch.optim.SGD's update itself (momentum, dampening, weight
+    decay) without forming the gradient: the prototypes equal the autograd fit with
+    torch.optim.SGD for other options and without channel centring (float64)."""
+    import dataclasses
+    g = torch.Generator().manual_seed(11)
+    feats = torch.randn(2, 6, 24, 9, generator=g, dtype=torch.float64)
+    labels = torch.arange(3).repeat_interleave(2).expand(2, -1)
+    model = create_model("deepemd", "conv4", {}, {
+        "sfc_steps": 6, "center": center, "sfc_momentum": momentum, "sfc_dampening": dampening,
+        "sfc_weight_decay": weight_decay}).eval().double()
+    plain = dataclasses.replace(model.sfc, gradient="autograd", warm_start=False)
+    new = model.sfc.fit_many(model.head, feats, labels)
+    for e in range(2):
+        old = plain.fit(model.head, feats[e], labels[e])
+        torch.testing.assert_close(new[e], old, rtol=0, atol=1e-9)
+        assert (old - class_means(feats[e], labels[e])).abs().max() > 1e-2

@@ -1,6 +1,7 @@
 """The batched EMD problem, its result type and input checks."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Dict, Optional, Tuple
 
@@ -59,15 +60,17 @@ def check_problem(cost: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
     if B == 0 or M == 0 or N == 0:
         raise EMDInputError(f"cost {tuple(cost.shape)} holds no problem")
     with torch.no_grad():
+        low = {}
         for name, t in (("cost", cost), ("a", a), ("b", b)):
-            if not bool(torch.isfinite(t).all()):
+            low[name], high = (float(v) for v in torch.aminmax(t))     # NaN propagates to both
+            if not (math.isfinite(low[name]) and math.isfinite(high)):
                 raise EMDInputError(f"{name} contains NaN or infinite values")
-        for name, t in (("a", a), ("b", b)):
-            if bool((t < 0).any()):
-                raise EMDInputError(f"{name} has negative entries; weights must be >= 0")
-            if bool((t.sum(-1) <= 0).any()):
-                raise EMDInputError(f"{name} has a row with zero total mass; every problem needs mass")
         sa, sb = a.sum(-1), b.sum(-1)
+        for name, t, total in (("a", a, sa), ("b", b, sb)):
+            if low[name] < 0:
+                raise EMDInputError(f"{name} has negative entries; weights must be >= 0")
+            if bool((total <= 0).any()):
+                raise EMDInputError(f"{name} has a row with zero total mass; every problem needs mass")
         rtol = {torch.float64: 1e-6, torch.float32: 1e-4}.get(cost.dtype, 1e-2)
         if bool(((sa - sb).abs() > rtol * torch.maximum(sa, sb)).any()):
             worst = int(((sa - sb).abs() / torch.maximum(sa, sb)).argmax())

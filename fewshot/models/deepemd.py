@@ -186,10 +186,12 @@ class StructuredFC:
         ``warm_start`` and a solver that warm-starts, each support image's problems start
         from the state (``info["warm_start"]``) its previous step ended in: the prototypes
         move little per step, so the last step's potentials (sinkhorn) or optimal bases
-        (exact) are near-optimal starts. With ``exact`` and the cosine cost the gradient is
-        formed in closed form (:func:`sfc_gradient`), without autograd. ``stats``, if given,
-        accumulates ``solves`` (solver calls), ``problems`` (EMD problems solved),
-        ``iterations`` (sinkhorn, per call) and ``pivots`` (exact, summed over problems)."""
+        (exact) are near-optimal starts. Where the solver's gradient is the envelope
+        theorem's and the cost is cosine (``exact``), the gradient is formed in closed form
+        (:func:`sfc_gradient`) and the SGD step (``torch.optim.SGD``'s update) fused into
+        it, without autograd. ``stats``, if given, accumulates ``solves`` (solver calls),
+        ``problems`` (EMD problems solved), ``iterations`` (sinkhorn, per call) and
+        ``pivots`` (exact, summed over problems)."""
         feats = support.detach()
         E, n = labels.shape
         means = torch.stack([class_means(f, l) for f, l in zip(feats, labels)])   # [E, W, C, N]
@@ -198,49 +200,158 @@ class StructuredFC:
         starts = None       # per (episode, support image, class): the last solve's warm start
         gen = torch.Generator().manual_seed(self.seed)
         closed_form = self.gradient == "closed_form" and head.solver.envelope and head.metric == "cosine"
-        if closed_form:          # node-major (channels last) support, its unit nodes and prototypes
-            nodes = feats.transpose(-1, -2).contiguous()
-            hat = F.normalize(nodes - nodes.mean(-1, keepdim=True) if head.center else nodes, dim=-1)
-            means = means.transpose(-1, -2)
-        proto = nn.Parameter(means.contiguous())      # SGD is elementwise: the layout is free
-        opt = torch.optim.SGD([proto], lr=self.lr, momentum=self.momentum,
-                              dampening=self.dampening, weight_decay=self.weight_decay)
-        with torch.enable_grad():
-            for _ in range(self.steps):
-                for chunk in torch.randperm(n, generator=gen).to(feats.device).split(self.batch):
+        if closed_form:
+            nodes = _SupportNodes.of(feats, head.center)
+            proto = means.transpose(-1, -2).contiguous()          # node-major [E, W, N, C]
+            step = _FusedSGD(proto, self.lr, self.momentum, self.dampening, self.weight_decay)
+        else:
+            proto = nn.Parameter(means)
+            opt = torch.optim.SGD([proto], lr=self.lr, momentum=self.momentum,
+                                  dampening=self.dampening, weight_decay=self.weight_decay)
+        for _ in range(self.steps):
+            for chunk in torch.randperm(n, generator=gen).to(feats.device).split(self.batch):
+                init = None
+                if starts is not None:
+                    init = tuple(t[:, chunk.to(t.device)].reshape(-1, *t.shape[3:]) for t in starts)
+                if closed_form:                 # no autograd graph: the gradient by hand
+                    with torch.no_grad():
+                        terms, result = _sfc_terms(head, nodes.select(chunk), proto, labels[:, chunk], init)
+                        step(*terms)
+                else:
                     opt.zero_grad()
-                    init = None
-                    if starts is not None:
-                        init = tuple(t[:, chunk.to(t.device)].reshape(-1, *t.shape[3:]) for t in starts)
-                    if closed_form:                 # no autograd graph: the gradient by hand
-                        proto.grad, result = _sfc_gradient_nodes(head, nodes[:, chunk], hat[:, chunk],
-                                                                 proto.detach(), labels[:, chunk], init)
-                    else:
+                    with torch.enable_grad():
                         logits, result = head(feats[:, chunk], proto, init=init, return_result=True)
                         # the sum over episodes of each episode's mean cross-entropy over the chunk
                         F.cross_entropy(logits.reshape(-1, W), labels[:, chunk].reshape(-1),
                                         reduction="sum").div(len(chunk)).backward()
                     opt.step()
-                    if warm:
-                        # zeros for the images not solved yet: sinkhorn starts cold from zero
-                        # potentials, exact from its own start (zeros are not a basis)
-                        state = result.info["warm_start"]
-                        if starts is None:
-                            starts = tuple(t.new_zeros((E, n, W) + tuple(t.shape[1:])) for t in state)
-                        for buffer, t in zip(starts, state):
-                            buffer[:, chunk.to(buffer.device)] = t.reshape(E, len(chunk), W, *t.shape[1:])
-                    if stats is not None:
-                        stats["solves"] = stats.get("solves", 0) + 1
-                        stats["problems"] = stats.get("problems", 0) + E * len(chunk) * W
-                        for k in ("iterations", "pivots"):
-                            if k in result.info:
-                                stats[k] = stats.get(k, 0) + int(torch.as_tensor(result.info[k]).sum())
-        return proto.detach().transpose(-1, -2).contiguous() if closed_form else proto.detach()
+                if warm:
+                    # zeros for the images not solved yet: sinkhorn starts cold from zero
+                    # potentials, exact from its own start (zeros are not a basis)
+                    state = result.info["warm_start"]
+                    if starts is None:
+                        starts = tuple(t.new_zeros((E, n, W) + tuple(t.shape[1:])) for t in state)
+                    for buffer, t in zip(starts, state):
+                        buffer[:, chunk.to(buffer.device)] = t.reshape(E, len(chunk), W, *t.shape[1:])
+                if stats is not None:
+                    stats["solves"] = stats.get("solves", 0) + 1
+                    stats["problems"] = stats.get("problems", 0) + E * len(chunk) * W
+                    for k in ("iterations", "pivots"):
+                        if k in result.info:
+                            stats[k] = stats.get(k, 0) + int(torch.as_tensor(result.info[k]).sum())
+        return proto.transpose(-1, -2).contiguous() if closed_form else proto.detach()
+
+
+@dataclass(frozen=True)
+class _SupportNodes:
+    """Support features in the closed form's layout: node-major unit nodes (centred first
+    with ``center``) with their norms ``nu`` [E, n, M] and channel means ``mu`` [E, n, M],
+    so that x_i = nu_i xhat_i + mu_i (a vector of ones). ``rows`` [E, n, R, C] holds each
+    image's M unit nodes and, with ``center``, a row of ones (R = M + 1): every gradient
+    is a combination of these rows plus a multiple of the prototype itself."""
+    rows: torch.Tensor
+    nu: torch.Tensor
+    mu: torch.Tensor
+
+    @staticmethod
+    def of(support: torch.Tensor, center: bool) -> "_SupportNodes":
+        """The nodes of support [E, n, C, M]."""
+        x = support.transpose(-1, -2)                                 # [E, n, M, C]
+        mu = x.mean(-1) if center else x.new_zeros(x.shape[:-1])
+        xt = x - mu[..., None] if center else x
+        nu = xt.norm(dim=-1).clamp_min(1e-12)                         # as F.normalize
+        xhat = xt / nu[..., None]
+        rows = torch.cat([xhat, x.new_ones(*x.shape[:2], 1, x.shape[-1])], 2) if center else xhat
+        return _SupportNodes(rows, nu, mu)
+
+    def select(self, chunk: torch.Tensor) -> "_SupportNodes":
+        """The support images ``chunk`` [k] of every episode."""
+        return _SupportNodes(*(t[:, chunk] for t in (self.rows, self.nu, self.mu)))
+
+
+class _FusedSGD:
+    """``torch.optim.SGD``'s update (momentum, dampening, weight decay; no Nesterov) of the
+    node-major prototypes proto [E, W, N, C], in place, for a gradient given as
+    ``coeffs @ rows + scale * proto`` (coeffs [E, W * N, R'], rows [E, R', C], scale
+    [E, W * N, 1]): the momentum buffer is updated by one batched matrix product with
+    ``beta`` (the gradient is never stored) and one multiply-add."""
+
+    def __init__(self, proto: torch.Tensor, lr: float, momentum: float, dampening: float,
+                 weight_decay: float):
+        self.flat = proto.view(proto.shape[0], -1, proto.shape[-1])
+        self.lr, self.momentum, self.dampening, self.weight_decay = lr, momentum, dampening, weight_decay
+        self.buf = None
+
+    def __call__(self, coeffs: torch.Tensor, rows: torch.Tensor, scale: torch.Tensor) -> None:
+        scale = scale + self.weight_decay                             # d_p = grad + wd * p
+        if self.buf is None or self.momentum == 0:                    # buf = d_p
+            self.buf = torch.bmm(coeffs, rows, out=self.buf)
+            self.buf.addcmul_(scale, self.flat)
+        else:                                                         # buf = m buf + (1 - d) d_p
+            alpha = 1 - self.dampening
+            self.buf.baddbmm_(coeffs, rows, beta=self.momentum, alpha=alpha)
+            self.buf.addcmul_(scale, self.flat, value=alpha)
+        self.flat.add_(self.buf, alpha=-self.lr)
+
+
+def _sfc_terms(head: EMDHead, nodes: _SupportNodes, proto: torch.Tensor, labels: torch.Tensor,
+               init=None):
+    """The Structured FC gradient's terms for support ``nodes`` (k images per episode) and
+    node-major prototypes proto [E, W, N, C] with labels [E, k]: ((coeffs [E, W * N, k * R],
+    rows [E, k * R, C], scale [E, W * N, 1]), result) with gradient = coeffs @ rows + scale *
+    proto (flattened [E, W * N, C]); see :func:`sfc_gradient` for the derivation.
+
+    With x_i = nu_i xhat_i + mu_i 1 and proto's centred norm n_j, every term is a small
+    tensor but the two products xhat @ proto^T (costs and the cross-reference weights) and
+    coeffs @ rows (the gradient): the prototypes are read twice per step, never copied."""
+    E, W, N, C = proto.shape
+    k, R, M = nodes.rows.shape[1], nodes.rows.shape[2], nodes.nu.shape[-1]
+    T = head.temperature
+    flat = proto.reshape(E, W * N, C)
+    rows = nodes.rows.reshape(E, k * R, C)
+    dot = (rows @ flat.transpose(1, 2)).reshape(E, k, R, W, N)          # xhat_i . P_j (and sum_c P_j)
+    if head.center:
+        mean = flat.mean(-1, keepdim=True)                               # [E, W * N, 1]
+        norm = (flat - mean).norm(dim=-1).clamp_min(1e-12).reshape(E, 1, 1, W, N)
+        mean = mean.reshape(E, 1, 1, W, N)
+        cos = dot[:, :, :M] / norm       # xhat_i . phat_j: xhat_i is centred, so <xhat_i, mean> = 0
+        xp = nodes.nu[..., None, None] * dot[:, :, :M] + (C * nodes.mu)[..., None, None] * mean
+    else:
+        norm = flat.norm(dim=-1).clamp_min(1e-12).reshape(E, 1, 1, W, N)
+        cos = dot / norm
+        xp = nodes.nu[..., None, None] * dot                             # x_i . P_j
+    z_a, z_b = xp.mean(-1).transpose(2, 3), xp.mean(2)                  # [E, k, W, M], [E, k, W, N]
+    a, b = F.relu(z_a) + 1e-3, F.relu(z_b) + 1e-3
+    s_a, s_b = a.sum(-1, keepdim=True), b.sum(-1, keepdim=True)
+    a, b = a * (M / s_a), b * (M / s_b)
+    cos = cos.transpose(2, 3)                                            # [E, k, W, M, N]
+    result = head.solver((1 - cos).reshape(-1, M, N), a.reshape(-1, M), b.reshape(-1, N), init=init)
+    plan = result.plan.reshape(E, k, W, M, N)
+    f, g = (p.reshape(E, k, W, -1) for p in result.potentials)
+    logits = T * (1 - result.value.reshape(E, k, W) / M)
+    gamma = -T / M * (logits.softmax(-1) - F.one_hot(labels, W).to(logits.dtype)) / k   # [E, k, W]
+    g_a = gamma[..., None] * (M / s_a) * (f - (f * a).sum(-1, keepdim=True) / M) * (z_a > 0)
+    g_b = gamma[..., None] * (M / s_b) * (g - (g * b).sum(-1, keepdim=True) / M) * (z_b > 0)
+    weighted = gamma[..., None, None] * plan                             # [E, k, W, M, N]
+    rho = -(weighted * cos).sum((1, 3))                                  # <phat_j, h_j> [E, W, N]
+    norm = norm.reshape(E, W, N)
+    # coeffs[e, w, j, k, i] of xhat_ki: the cost term h_j / n_j, a's (onto the mean node) and b's
+    coeffs = plan.new_empty(E, W, N, k, R)
+    nodes_part = coeffs[..., :M]
+    torch.mul(weighted.permute(0, 2, 4, 1, 3), (-1 / norm)[..., None, None], out=nodes_part)
+    nodes_part += (g_a * nodes.nu[:, :, None] / N).permute(0, 2, 1, 3)[:, :, None]
+    nodes_part.addcmul_(g_b.permute(0, 2, 3, 1)[..., None], nodes.nu[:, None, None], value=1 / M)
+    if head.center:          # multiples of the ones row: -(rho / n^2) (P - mean P) and the mu parts
+        coeffs[..., M] = 0
+        coeffs[..., 0, M] = rho * mean.reshape(E, W, N) / norm ** 2 \
+            + (g_a * nodes.mu[:, :, None]).sum((1, 3))[..., None] / N \
+            + (g_b * nodes.mu.mean(-1)[:, :, None, None]).sum(1)
+    return (coeffs.reshape(E, W * N, k * R), rows, (-rho / norm ** 2).reshape(E, W * N, 1)), result
 
 
 @torch.no_grad()
 def sfc_gradient(head: EMDHead, support: torch.Tensor, proto: torch.Tensor, labels: torch.Tensor,
-                 support_hat: Optional[torch.Tensor] = None, init=None) -> Tuple[torch.Tensor, emd.EMDResult]:
+                 init=None) -> Tuple[torch.Tensor, emd.EMDResult]:
     """Gradient [E, W, C, N] of the Structured FC loss (the sum over episodes of the mean
     cross-entropy of the support logits) with respect to the prototypes proto [E, W, C, N],
     for support [E, k, C, M] with labels [E, k], in closed form, and the solver's result.
@@ -249,62 +360,25 @@ def sfc_gradient(head: EMDHead, support: torch.Tensor, proto: torch.Tensor, labe
     d cost = plan, d value / d (a, b) = the potentials f, g) and the cosine cost, with
     gamma = d loss / d value = -temperature / M * (softmax - onehot) / k:
 
-    * cost: d loss / d phat_w = -sum_k gamma_kw xhat_k plan_kw, through the normalisation
-      (g - phat <phat, g>) / |ptilde| and the channel centring (minus its channel mean);
+    * cost: d loss / d phat_w = h_w = -sum_k gamma_kw xhat_k plan_kw, through the
+      normalisation (h - phat <phat, h>) / |ptilde|, where <phat_j, h_j> = -sum gamma plan_ij
+      (1 - cost_ij); the channel centring leaves it unchanged (h and phat are centred);
     * a = M atilde / sum(atilde), atilde_i = relu(<x_i, mean_j P_j>) + 1e-3: d loss / d atilde
       = gamma M / sum(atilde) (f - <f, a> / M), times the relu's step, onto mean_j P_j;
     * b likewise with g, onto each prototype node through <P_j, mean_i x_i>.
 
-    The same numbers as autograd through :func:`emd_logits` (``tests/test_deepemd.py``),
-    without building a graph. ``support_hat``: the support's centred, normalised nodes, if
-    the caller keeps them between steps; ``init``: the solver's warm start."""
-    if support_hat is None:
-        support_hat = F.normalize(support - support.mean(-2, keepdim=True) if head.center else support, dim=-2)
-    grad, result = _sfc_gradient_nodes(head, support.transpose(-1, -2), support_hat.transpose(-1, -2),
-                                       proto.transpose(-1, -2), labels, init)
-    return grad.transpose(-1, -2), result
-
-
-def _sfc_gradient_nodes(head: EMDHead, x: torch.Tensor, xhat: torch.Tensor, proto: torch.Tensor,
-                        labels: torch.Tensor, init=None) -> Tuple[torch.Tensor, emd.EMDResult]:
-    """:func:`sfc_gradient` on node-major tensors (channels last): support x and its unit
-    nodes xhat [E, k, M, C], prototypes proto [E, W, N, C] -> gradient [E, W, N, C]. In this
-    layout every product is a batched matrix product without copies."""
-    E, k, M, C = x.shape
-    W, N = proto.shape[1], proto.shape[2]
-    T = head.temperature
-    # the problems, as emd_problem forms them: cost = 1 - <xhat_i, phat_j> and the
-    # cross-reference weights a (support nodes against the prototype's mean node) and b
-    pt = proto - proto.mean(-1, keepdim=True) if head.center else proto
-    norm = pt.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-    phat = pt / norm                                                 # [E, W, N, C]
-    xs, xhs = x.reshape(E, k * M, C), xhat.reshape(E, k * M, C)
-    cost = 1 - (xhs @ phat.reshape(E, W * N, C).transpose(1, 2)).reshape(E, k, M, W, N).transpose(2, 3)
-    z_a = (xs @ proto.mean(-2).transpose(1, 2)).reshape(E, k, M, W).transpose(2, 3)   # [E, k, W, M]
-    mean_x = x.mean(-2)                                              # [E, k, C]
-    z_b = (proto.reshape(E, W * N, C) @ mean_x.transpose(1, 2)).reshape(E, W, N, k).permute(0, 3, 1, 2)
-    a, b = F.relu(z_a) + 1e-3, F.relu(z_b) + 1e-3
-    s_a, s_b = a.sum(-1, keepdim=True), b.sum(-1, keepdim=True)
-    a, b = a * (M / s_a), b * (M / s_b)
-    result = head.solver(cost.reshape(-1, M, N), a.reshape(-1, M), b.reshape(-1, N), init=init)
-    plan = result.plan.reshape(E, k, W, M, N)
-    f, g = (p.reshape(E, k, W, -1) for p in result.potentials)
-    logits = T * (1 - result.value.reshape(E, k, W) / M)
-    onehot = F.one_hot(labels, W).to(logits.dtype)
-    gamma = -T / M * (logits.softmax(-1) - onehot) / k              # d loss / d value [E, k, W]
-    # through the cost: d loss / d phat = -sum_k gamma xhat^T plan
-    weighted = (gamma[..., None, None] * plan).transpose(2, 3).reshape(E, k * M, W * N)
-    h = -(weighted.transpose(1, 2) @ xhs).reshape(E, W, N, C)
-    grad = (h - phat * (phat * h).sum(-1, keepdim=True)) / norm
-    if head.center:
-        grad = grad - grad.mean(-1, keepdim=True)
-    # through a, onto the prototype's mean node, and through b, onto each prototype node
-    g_a = gamma[..., None] * (M / s_a) * (f - (f * a).sum(-1, keepdim=True) / M) * (z_a > 0)
-    d_mean = g_a.permute(0, 2, 1, 3).reshape(E, W, k * M) @ xs      # [E, W, C]
-    g_b = gamma[..., None] * (M / s_b) * (g - (g * b).sum(-1, keepdim=True) / M) * (z_b > 0)
-    d_nodes = g_b.permute(0, 2, 3, 1).reshape(E, W * N, k) @ mean_x  # [E, W * N, C]
-    grad = grad + d_mean[:, :, None, :] / N + d_nodes.reshape(E, W, N, C)
-    return grad, result
+    Writing x_i = |xtilde_i| xhat_i + mean_c(x_i) (a vector of ones), the gradient is a
+    combination of the support's unit nodes and ones plus a multiple of each prototype node,
+    which is how :meth:`StructuredFC.fit_many` applies it (the SGD step fused in). The same
+    numbers as autograd through :func:`emd_logits` (``tests/test_deepemd.py``), without
+    building a graph. ``init``: the solver's warm start."""
+    E, W, C, N = proto.shape
+    nodes = _SupportNodes.of(support, head.center)
+    p = proto.transpose(-1, -2).contiguous()
+    (coeffs, rows, scale), result = _sfc_terms(head, nodes, p, labels, init)
+    flat = p.reshape(E, W * N, C)
+    grad = torch.baddbmm(scale * flat, coeffs, rows)
+    return grad.reshape(E, W, N, C).transpose(-1, -2), result
 
 
 @METHODS.register("deepemd")
