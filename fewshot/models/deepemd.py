@@ -202,8 +202,8 @@ class StructuredFC:
         closed_form = self.gradient == "closed_form" and head.solver.envelope and head.metric == "cosine"
         if closed_form:
             nodes = _SupportNodes.of(feats, head.center)
-            proto = means.transpose(-1, -2).contiguous()          # node-major [E, W, N, C]
-            step = _FusedSGD(proto, self.lr, self.momentum, self.dampening, self.weight_decay)
+            proto = _Prototypes(means.transpose(-1, -2), head.center, self.lr, self.momentum,
+                                self.dampening, self.weight_decay)      # node-major [E, W, N, C]
         else:
             proto = nn.Parameter(means)
             opt = torch.optim.SGD([proto], lr=self.lr, momentum=self.momentum,
@@ -215,8 +215,9 @@ class StructuredFC:
                     init = tuple(t[:, chunk.to(t.device)].reshape(-1, *t.shape[3:]) for t in starts)
                 if closed_form:                 # no autograd graph: the gradient by hand
                     with torch.no_grad():
-                        terms, result = _sfc_terms(head, nodes.select(chunk), proto, labels[:, chunk], init)
-                        step(*terms)
+                        terms, result = _sfc_terms(head, nodes.select(chunk), proto.nodes, proto.mean,
+                                                   labels[:, chunk], init)
+                        proto.step(*terms)
                 else:
                     opt.zero_grad()
                     with torch.enable_grad():
@@ -239,17 +240,16 @@ class StructuredFC:
                     for k in ("iterations", "pivots"):
                         if k in result.info:
                             stats[k] = stats.get(k, 0) + int(torch.as_tensor(result.info[k]).sum())
-        return proto.transpose(-1, -2).contiguous() if closed_form else proto.detach()
+        return proto.value().transpose(-1, -2).contiguous() if closed_form else proto.detach()
 
 
 @dataclass(frozen=True)
 class _SupportNodes:
-    """Support features in the closed form's layout: node-major unit nodes (centred first
-    with ``center``) with their norms ``nu`` [E, n, M] and channel means ``mu`` [E, n, M],
-    so that x_i = nu_i xhat_i + mu_i (a vector of ones). ``rows`` [E, n, R, C] holds each
-    image's M unit nodes and, with ``center``, a row of ones (R = M + 1): every gradient
-    is a combination of these rows plus a multiple of the prototype itself."""
-    rows: torch.Tensor
+    """Support features in the closed form's layout: node-major unit nodes ``xhat``
+    [E, n, M, C] (centred first with ``center``) with their norms ``nu`` [E, n, M] and
+    channel means ``mu`` [E, n, M] (zero without ``center``), so that x_i = nu_i xhat_i +
+    mu_i (a vector of ones)."""
+    xhat: torch.Tensor
     nu: torch.Tensor
     mu: torch.Tensor
 
@@ -260,66 +260,79 @@ class _SupportNodes:
         mu = x.mean(-1) if center else x.new_zeros(x.shape[:-1])
         xt = x - mu[..., None] if center else x
         nu = xt.norm(dim=-1).clamp_min(1e-12)                         # as F.normalize
-        xhat = xt / nu[..., None]
-        rows = torch.cat([xhat, x.new_ones(*x.shape[:2], 1, x.shape[-1])], 2) if center else xhat
-        return _SupportNodes(rows, nu, mu)
+        return _SupportNodes(xt / nu[..., None], nu, mu)
 
     def select(self, chunk: torch.Tensor) -> "_SupportNodes":
         """The support images ``chunk`` [k] of every episode."""
-        return _SupportNodes(*(t[:, chunk] for t in (self.rows, self.nu, self.mu)))
+        return _SupportNodes(*(t[:, chunk] for t in (self.xhat, self.nu, self.mu)))
 
 
-class _FusedSGD:
-    """``torch.optim.SGD``'s update (momentum, dampening, weight decay; no Nesterov) of the
-    node-major prototypes proto [E, W, N, C], in place, for a gradient given as
-    ``coeffs @ rows + scale * proto`` (coeffs [E, W * N, R'], rows [E, R', C], scale
-    [E, W * N, 1]): the momentum buffer is updated by one batched matrix product with
-    ``beta`` (the gradient is never stored) and one multiply-add."""
+class _Prototypes:
+    """Node-major prototypes P [E, W, N, C] as SGD moves them, kept as ``nodes`` and, with
+    ``center``, their channel means apart: P = nodes + mean (``mean`` [E, W, N], ``nodes``
+    centred), so that the centred norm the cosine cost needs is a plain norm. ``step``
+    applies ``torch.optim.SGD``'s update (momentum, dampening, weight decay; no Nesterov) in
+    place for a gradient given as coeffs @ xhat + scale * nodes + ones (coeffs [E, W * N, K],
+    xhat [E, K, C], scale [E, W * N, 1], ones [E, W * N]: a multiple of the vector of ones,
+    None without ``center``): the momentum buffer is updated by one batched matrix product
+    with ``beta`` (the gradient is never formed) and one multiply-add."""
 
-    def __init__(self, proto: torch.Tensor, lr: float, momentum: float, dampening: float,
-                 weight_decay: float):
-        self.flat = proto.view(proto.shape[0], -1, proto.shape[-1])
+    def __init__(self, proto: torch.Tensor, center: bool, lr: float, momentum: float,
+                 dampening: float, weight_decay: float):
+        proto = proto.contiguous()
+        self.mean = proto.mean(-1) if center else None
+        self.nodes = (proto - self.mean[..., None]) if center else proto.clone()
         self.lr, self.momentum, self.dampening, self.weight_decay = lr, momentum, dampening, weight_decay
-        self.buf = None
+        self.buf = self.buf_mean = None
 
-    def __call__(self, coeffs: torch.Tensor, rows: torch.Tensor, scale: torch.Tensor) -> None:
+    def step(self, coeffs: torch.Tensor, xhat: torch.Tensor, scale: torch.Tensor,
+             ones: Optional[torch.Tensor]) -> None:
+        flat = self.nodes.view(self.nodes.shape[0], -1, self.nodes.shape[-1])
         scale = scale + self.weight_decay                             # d_p = grad + wd * p
+        if self.mean is not None:
+            ones = (ones + self.weight_decay * self.mean.reshape(ones.shape)).reshape(self.mean.shape)
         if self.buf is None or self.momentum == 0:                    # buf = d_p
-            self.buf = torch.bmm(coeffs, rows, out=self.buf)
-            self.buf.addcmul_(scale, self.flat)
+            self.buf = torch.bmm(coeffs, xhat, out=self.buf)
+            self.buf.addcmul_(scale, flat)
+            self.buf_mean = ones
         else:                                                         # buf = m buf + (1 - d) d_p
             alpha = 1 - self.dampening
-            self.buf.baddbmm_(coeffs, rows, beta=self.momentum, alpha=alpha)
-            self.buf.addcmul_(scale, self.flat, value=alpha)
-        self.flat.add_(self.buf, alpha=-self.lr)
+            self.buf.baddbmm_(coeffs, xhat, beta=self.momentum, alpha=alpha)
+            self.buf.addcmul_(scale, flat, value=alpha)
+            if ones is not None:
+                self.buf_mean = self.momentum * self.buf_mean + alpha * ones
+        flat.add_(self.buf, alpha=-self.lr)
+        if self.mean is not None:
+            self.mean -= self.lr * self.buf_mean
+
+    def value(self) -> torch.Tensor:
+        """P [E, W, N, C]."""
+        return self.nodes + self.mean[..., None] if self.mean is not None else self.nodes
 
 
-def _sfc_terms(head: EMDHead, nodes: _SupportNodes, proto: torch.Tensor, labels: torch.Tensor,
-               init=None):
+def _sfc_terms(head: EMDHead, nodes: _SupportNodes, proto: torch.Tensor, mean: Optional[torch.Tensor],
+               labels: torch.Tensor, init=None):
     """The Structured FC gradient's terms for support ``nodes`` (k images per episode) and
-    node-major prototypes proto [E, W, N, C] with labels [E, k]: ((coeffs [E, W * N, k * R],
-    rows [E, k * R, C], scale [E, W * N, 1]), result) with gradient = coeffs @ rows + scale *
-    proto (flattened [E, W * N, C]); see :func:`sfc_gradient` for the derivation.
+    node-major prototypes P = proto + mean (proto [E, W, N, C], centred when ``mean``
+    [E, W, N] is given for the centred cosine cost; else P = proto) with labels [E, k]:
+    ((coeffs [E, W * N, k * M], xhat [E, k * M, C], scale [E, W * N, 1], ones [E, W * N] or
+    None), result) with gradient = coeffs @ xhat + scale * proto + ones (a multiple of the
+    vector of ones); see :func:`sfc_gradient` for the derivation.
 
-    With x_i = nu_i xhat_i + mu_i 1 and proto's centred norm n_j, every term is a small
-    tensor but the two products xhat @ proto^T (costs and the cross-reference weights) and
-    coeffs @ rows (the gradient): the prototypes are read twice per step, never copied."""
+    With x_i = nu_i xhat_i + mu_i 1 every term is a small tensor but the two products
+    xhat @ proto^T (costs and cross-reference weights) and coeffs @ xhat (the gradient):
+    the prototypes are read twice per step and never copied."""
     E, W, N, C = proto.shape
-    k, R, M = nodes.rows.shape[1], nodes.rows.shape[2], nodes.nu.shape[-1]
+    k, M = nodes.xhat.shape[1], nodes.xhat.shape[2]
     T = head.temperature
     flat = proto.reshape(E, W * N, C)
-    rows = nodes.rows.reshape(E, k * R, C)
-    dot = (rows @ flat.transpose(1, 2)).reshape(E, k, R, W, N)          # xhat_i . P_j (and sum_c P_j)
-    if head.center:
-        mean = flat.mean(-1, keepdim=True)                               # [E, W * N, 1]
-        norm = (flat - mean).norm(dim=-1).clamp_min(1e-12).reshape(E, 1, 1, W, N)
-        mean = mean.reshape(E, 1, 1, W, N)
-        cos = dot[:, :, :M] / norm       # xhat_i . phat_j: xhat_i is centred, so <xhat_i, mean> = 0
-        xp = nodes.nu[..., None, None] * dot[:, :, :M] + (C * nodes.mu)[..., None, None] * mean
-    else:
-        norm = flat.norm(dim=-1).clamp_min(1e-12).reshape(E, 1, 1, W, N)
-        cos = dot / norm
-        xp = nodes.nu[..., None, None] * dot                             # x_i . P_j
+    xhat = nodes.xhat.reshape(E, k * M, C)
+    dot = (xhat @ flat.transpose(1, 2)).reshape(E, k, M, W, N)         # <xhat_i, proto_j>
+    norm = flat.norm(dim=-1).clamp_min(1e-12)                           # [E, W * N]
+    cos = dot / norm.reshape(E, 1, 1, W, N)                             # 1 - cost
+    xp = nodes.nu[..., None, None] * dot                                 # <x_i, P_j>
+    if mean is not None:          # xhat_i and proto_j are centred: <x_i, P_j> gains C mu_i mean_j
+        xp = xp + (C * nodes.mu)[..., None, None] * mean[:, None, None]
     z_a, z_b = xp.mean(-1).transpose(2, 3), xp.mean(2)                  # [E, k, W, M], [E, k, W, N]
     a, b = F.relu(z_a) + 1e-3, F.relu(z_b) + 1e-3
     s_a, s_b = a.sum(-1, keepdim=True), b.sum(-1, keepdim=True)
@@ -333,20 +346,16 @@ def _sfc_terms(head: EMDHead, nodes: _SupportNodes, proto: torch.Tensor, labels:
     g_a = gamma[..., None] * (M / s_a) * (f - (f * a).sum(-1, keepdim=True) / M) * (z_a > 0)
     g_b = gamma[..., None] * (M / s_b) * (g - (g * b).sum(-1, keepdim=True) / M) * (z_b > 0)
     weighted = gamma[..., None, None] * plan                             # [E, k, W, M, N]
-    rho = -(weighted * cos).sum((1, 3))                                  # <phat_j, h_j> [E, W, N]
-    norm = norm.reshape(E, W, N)
+    rho = -(weighted * cos).sum((1, 3)).reshape(E, W * N)                # <phat_j, h_j>
     # coeffs[e, w, j, k, i] of xhat_ki: the cost term h_j / n_j, a's (onto the mean node) and b's
-    coeffs = plan.new_empty(E, W, N, k, R)
-    nodes_part = coeffs[..., :M]
-    torch.mul(weighted.permute(0, 2, 4, 1, 3), (-1 / norm)[..., None, None], out=nodes_part)
-    nodes_part += (g_a * nodes.nu[:, :, None] / N).permute(0, 2, 1, 3)[:, :, None]
-    nodes_part.addcmul_(g_b.permute(0, 2, 3, 1)[..., None], nodes.nu[:, None, None], value=1 / M)
-    if head.center:          # multiples of the ones row: -(rho / n^2) (P - mean P) and the mu parts
-        coeffs[..., M] = 0
-        coeffs[..., 0, M] = rho * mean.reshape(E, W, N) / norm ** 2 \
-            + (g_a * nodes.mu[:, :, None]).sum((1, 3))[..., None] / N \
-            + (g_b * nodes.mu.mean(-1)[:, :, None, None]).sum(1)
-    return (coeffs.reshape(E, W * N, k * R), rows, (-rho / norm ** 2).reshape(E, W * N, 1)), result
+    coeffs = torch.mul(weighted.permute(0, 2, 4, 1, 3), (-1 / norm).reshape(E, W, N, 1, 1))
+    coeffs += (g_a * nodes.nu[:, :, None] / N).permute(0, 2, 1, 3)[:, :, None]
+    coeffs.addcmul_(g_b.permute(0, 2, 3, 1)[..., None], nodes.nu[:, None, None], value=1 / M)
+    ones = None
+    if mean is not None:          # the mu_i parts of a's and b's terms
+        ones = ((g_a * nodes.mu[:, :, None]).sum((1, 3))[..., None] / N
+                + (g_b * nodes.mu.mean(-1)[:, :, None, None]).sum(1)).reshape(E, W * N)
+    return (coeffs.reshape(E, W * N, k * M), xhat, (-rho / norm ** 2)[..., None], ones), result
 
 
 @torch.no_grad()
@@ -373,11 +382,14 @@ def sfc_gradient(head: EMDHead, support: torch.Tensor, proto: torch.Tensor, labe
     numbers as autograd through :func:`emd_logits` (``tests/test_deepemd.py``), without
     building a graph. ``init``: the solver's warm start."""
     E, W, C, N = proto.shape
-    nodes = _SupportNodes.of(support, head.center)
-    p = proto.transpose(-1, -2).contiguous()
-    (coeffs, rows, scale), result = _sfc_terms(head, nodes, p, labels, init)
-    flat = p.reshape(E, W * N, C)
-    grad = torch.baddbmm(scale * flat, coeffs, rows)
+    p = proto.transpose(-1, -2)                                      # node-major [E, W, N, C]
+    mean = p.mean(-1) if head.center else None
+    p = (p - mean[..., None] if head.center else p).contiguous()
+    (coeffs, xhat, scale, ones), result = _sfc_terms(head, _SupportNodes.of(support, head.center), p, mean,
+                                                     labels, init)
+    grad = torch.baddbmm(scale * p.reshape(E, W * N, C), coeffs, xhat)
+    if ones is not None:
+        grad += ones[..., None]
     return grad.reshape(E, W, N, C).transpose(-1, -2), result
 
 
