@@ -41,11 +41,13 @@ def _pot_one(cost, a, b, max_iter, i):
 
 
 def _network_simplex(cost: np.ndarray, a: np.ndarray, b: np.ndarray, max_iter: int,
-                     engine: str = "simplex", basis=None):
+                     engine: str = "simplex", basis=None, scale: Optional[np.ndarray] = None):
+    """Solve cost [B, M, N] (each problem already divided by its ``scale`` [B], if given),
+    a [B, M], b [B, N]; returns plan, value, f, g (in the units of the undivided cost), the
+    final bases and the pivots."""
     b = b * (a.sum(-1, keepdims=True) / b.sum(-1, keepdims=True))  # equal masses to machine precision
-    scale = np.abs(cost).max(axis=(1, 2))                 # [B]: solve each problem in units of its
-    scale[scale == 0] = 1.0                               # largest cost (scale invariance)
-    cost = cost / scale[:, None, None]
+    if scale is None:
+        scale = np.ones(len(cost))
     if engine == "simplex":
         from ._simplex import solve_batch
 
@@ -67,8 +69,12 @@ class _ExactEMD(torch.autograd.Function):
     @staticmethod
     def forward(ctx, cost, a, b, max_iter, engine, basis, out):
         to_np = lambda t: np.ascontiguousarray(t.detach().to("cpu", torch.float64).numpy())  # noqa: E731
+        c = cost.detach().to("cpu", torch.float64)
+        scale = c.abs().amax((1, 2))                            # [B]: each problem's largest |cost|
+        scale[scale == 0] = 1.0
+        c = np.ascontiguousarray((c / scale[:, None, None]).numpy())
         plan, value, f, g, out["basis"], out["pivots"] = _network_simplex(
-            to_np(cost), to_np(a), to_np(b), max_iter, engine, basis)
+            c, to_np(a), to_np(b), max_iter, engine, basis, scale.numpy())
         like = dict(device=cost.device, dtype=cost.dtype)
         plan = torch.from_numpy(plan).to(**like)
         shift = f.mean(-1, keepdims=True)
