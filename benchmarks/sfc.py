@@ -76,12 +76,18 @@ def main() -> None:
     parser.add_argument("--sinkhorn-lockstep", type=int, default=10)
     parser.add_argument("--sinkhorn-steps", type=int, default=10,
                         help="SFC epochs of the sinkhorn rows (100 take minutes per episode)")
+    parser.add_argument("--features", nargs="+", choices=("conv4", "resnet12"), default=["conv4", "resnet12"])
+    parser.add_argument("--solvers", nargs="+", choices=("exact", "sinkhorn"), default=["exact", "sinkhorn"])
     parser.add_argument("--out", default="benchmarks/sfc.json")
     args = parser.parse_args()
     rows = []
     for features, channels in (("conv4", 64), ("resnet12", 640)):
+        if features not in args.features:
+            continue
         ckpt = args.checkpoint if features == "conv4" else ""
         for solver, lockstep in (("exact", args.lockstep), ("sinkhorn", args.sinkhorn_lockstep)):
+            if solver not in args.solvers:
+                continue
             feats, labels = support_sets(ckpt, args.episodes_file, args.data_root, lockstep, channels)
             steps = 100 if solver == "exact" else args.sinkhorn_steps
             model = create_model("deepemd", "conv4", {}, {"solver": solver, "sfc_steps": steps}).eval()
