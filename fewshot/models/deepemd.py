@@ -256,7 +256,7 @@ class _SupportNodes:
     @staticmethod
     def of(support: torch.Tensor, center: bool) -> "_SupportNodes":
         """The nodes of support [E, n, C, M]."""
-        x = support.transpose(-1, -2)                                 # [E, n, M, C]
+        x = support.transpose(-1, -2).contiguous()                    # [E, n, M, C]
         mu = x.mean(-1) if center else x.new_zeros(x.shape[:-1])
         xt = x - mu[..., None] if center else x
         nu = xt.norm(dim=-1).clamp_min(1e-12)                         # as F.normalize
