@@ -376,7 +376,11 @@ def _run_epochs(stage: _Stage, epochs: int, steps_per_epoch: int,
     log(f"[{stage.name}] done: best val {stage.best:.2f} %; checkpoints in {stage.folder}")
 
 
-def _prepare(config: Config, name: str) -> Tuple[str, torch.device]:
+def _prepare(config: Config, name: str) -> Tuple[str, torch.device, FewShotClassifier]:
+    """The stage's folder, device and model: the model is built (seeded by run.seed) before
+    anything is written, so a bad model option leaves no output behind."""
+    seed_everything(config.run.seed)
+    model = build_model(config)
     folder = os.path.join(config.run.out, name)
     device = ddp.setup(resolve_device(config.run.device))
     if ddp.is_main():
@@ -386,7 +390,7 @@ def _prepare(config: Config, name: str) -> Tuple[str, torch.device]:
             log(f"removed {stale} incomplete checkpoint file(s) of an interrupted write in {folder}")
         save_config(config, os.path.join(config.run.out, "config.yaml"))
         save_config(config, os.path.join(folder, "config.yaml"))
-    return folder, device
+    return folder, device, model.to(device)
 
 
 def _resume_path(folder: str, resume: Optional[str]) -> Optional[str]:
@@ -412,11 +416,8 @@ def _validator(config: Config, model: FewShotClassifier, device: torch.device, n
 def pretrain(config: Config, resume: Optional[str] = None) -> str:
     """Classification pretraining over all train classes; returns the best checkpoint path."""
     p = config.pretrain
-    train_set = load_split(config, config.data.train_split, train=True)  # data and model errors
-    seed_everything(config.run.seed)
-    model = build_model(config)                                          # before anything is written
-    folder, device = _prepare(config, "pretrain")
-    model = model.to(device)
+    train_set = load_split(config, config.data.train_split, train=True)  # data errors first
+    folder, device, model = _prepare(config, "pretrain")
     steps_per_epoch = len(train_set) // p.batch_size
     if steps_per_epoch == 0:
         raise ConfigError(f"pretrain.batch_size {p.batch_size} exceeds the {len(train_set)} "
@@ -551,10 +552,7 @@ def meta_train(config: Config, resume: Optional[str] = None) -> str:
     m, e = config.meta, config.episode
     train_set = load_split(config, config.data.train_split, train=True)  # data errors first
     sampler = EpisodeSampler(train_set, e.n_way, e.n_shot, e.n_query, seed=config.run.seed)
-    seed_everything(config.run.seed)
-    model = build_model(config)                                          # model errors before
-    folder, device = _prepare(config, "meta")                            # anything is written
-    model = model.to(device)
+    folder, device, model = _prepare(config, "meta")
     if m.pretrained:
         load_pretrained(model, m.pretrained)
         log(f"[meta] backbone initialised from {m.pretrained}")

@@ -83,8 +83,9 @@ def emd_logits(query: torch.Tensor, proto: torch.Tensor, solver: Union[str, emd.
 
     ``solver``: a built :class:`fewshot.emd.Solver`, or a name with ``solver_options``.
     ``init``: the solver's warm start for the problems (a previous result's
-    ``info["warm_start"]``, per problem in the order of the logits; ``Solver.warm_starts``). With ``return_result`` the solver's EMDResult over
-    the problems (flattened in the order of the logits) is returned too."""
+    ``info["warm_start"]``, per problem in the order of the logits; ``Solver.warm_starts``).
+    With ``return_result`` the solver's EMDResult over the problems (flattened in the order
+    of the logits) is returned too."""
     if not isinstance(solver, emd.Solver):
         solver = emd.make_solver(solver, solver_options)
     elif solver_options:
