@@ -14,9 +14,9 @@ sum(a) = sum(b) every choice gives the same derivative). ``result.potentials`` i
 a dual optimum itself (mean(f) = 0, value = <f, a> + <g, b>). The plan itself is piecewise
 constant in ``cost`` and is returned without gradient; losses should be written
 through ``value`` (DeepEMD's logits are: sum(plan * (1 - cost)) = mass - value).
-Problems are solved on the CPU in float64 and the results moved back to the
-input's device and dtype. Each problem's cost is divided by its largest magnitude before
-the simplex runs (the plan of an LP does not change when its cost is scaled; value and
+Problems are solved on the CPU in float64 (each problem converted inside the compiled
+engine) and the results moved back to the input's device and dtype. Each problem's cost
+is divided by its largest magnitude before the simplex runs (the plan of an LP does not change when its cost is scaled; value and
 potentials are scaled back), so the optimum is found for costs of any magnitude.
 """
 from __future__ import annotations
@@ -31,23 +31,24 @@ from ._solver import Option, SolverSpec
 
 
 def _pot_one(cost, a, b, max_iter, i):
+    """Problem i by POT in float64, its cost divided by its largest magnitude and b scaled to
+    a's mass (as the compiled engine does); plan, value, f, g in the undivided units."""
     from ot.lp.emd_wrap import emd_c
 
-    plan, value, f, g, code = emd_c(a, b, cost, max_iter, 1)
+    cost, a, b = (np.asarray(t, np.float64) for t in (cost, a, b))
+    scale = np.abs(cost).max() or 1.0
+    plan, value, f, g, code = emd_c(a, b * (a.sum() / b.sum()), np.ascontiguousarray(cost / scale),
+                                    max_iter, 1)
     if code != 1:
         raise RuntimeError(f"network simplex did not reach the optimum of problem {i} "
                            f"(code {code}); raise max_iter")
-    return plan, value, f, g
+    return plan, value * scale, f * scale, g * scale
 
 
 def _network_simplex(cost: np.ndarray, a: np.ndarray, b: np.ndarray, max_iter: int,
-                     engine: str = "simplex", basis=None, scale: Optional[np.ndarray] = None):
-    """Solve cost [B, M, N] (each problem already divided by its ``scale`` [B], if given),
-    a [B, M], b [B, N]; returns plan, value, f, g (in the units of the undivided cost), the
-    final bases and the pivots."""
-    b = b * (a.sum(-1, keepdims=True) / b.sum(-1, keepdims=True))  # equal masses to machine precision
-    if scale is None:
-        scale = np.ones(len(cost))
+                     engine: str = "simplex", basis=None):
+    """Solve cost [B, M, N], a [B, M], b [B, N] (float32 or float64); returns plan (in cost's
+    dtype), value, f, g (float64), the final bases and the pivots."""
     if engine == "simplex":
         from ._simplex import solve_batch
 
@@ -55,11 +56,11 @@ def _network_simplex(cost: np.ndarray, a: np.ndarray, b: np.ndarray, max_iter: i
         unsolved = np.flatnonzero(code != 1)              # re-solved by POT
     else:
         B, M, N = cost.shape
-        plan, f, g, value = np.empty((B, M, N)), np.empty((B, M)), np.empty((B, N)), np.empty(B)
+        plan, f, g, value = np.empty((B, M, N), cost.dtype), np.empty((B, M)), np.empty((B, N)), np.empty(B)
         unsolved, pivots = range(B), None
     for i in unsolved:
         plan[i], value[i], f[i], g[i] = _pot_one(cost[i], a[i], b[i], max_iter, i)
-    return plan, value * scale, f * scale[:, None], g * scale[:, None], basis, pivots
+    return plan, value, f, g, basis, pivots
 
 
 ENGINES = ("simplex", "pot")
@@ -68,13 +69,10 @@ ENGINES = ("simplex", "pot")
 class _ExactEMD(torch.autograd.Function):
     @staticmethod
     def forward(ctx, cost, a, b, max_iter, engine, basis, out):
-        to_np = lambda t: np.ascontiguousarray(t.detach().to("cpu", torch.float64).numpy())  # noqa: E731
-        c = cost.detach().to("cpu", torch.float64)
-        scale = c.abs().amax((1, 2))                            # [B]: each problem's largest |cost|
-        scale[scale == 0] = 1.0
-        c = np.ascontiguousarray((c / scale[:, None, None]).numpy())
+        work = cost.dtype if cost.dtype in (torch.float32, torch.float64) else torch.float64
+        to_np = lambda t: np.ascontiguousarray(t.detach().to("cpu", work).numpy())  # noqa: E731
         plan, value, f, g, out["basis"], out["pivots"] = _network_simplex(
-            c, to_np(a), to_np(b), max_iter, engine, basis, scale.numpy())
+            to_np(cost), to_np(a), to_np(b), max_iter, engine, basis)
         like = dict(device=cost.device, dtype=cost.dtype)
         plan = torch.from_numpy(plan).to(**like)
         shift = f.mean(-1, keepdims=True)

@@ -215,7 +215,7 @@ def _solve_one(cost, a, b, plan, u, v, max_iter, tol, basis_r, basis_c, warm):  
         arc_c[:] = basis_c
         started = _basic_flows(a, b, arc_r, arc_c, arc_x, 1e-12 * (a.sum() + 1.0))
     if not started and _matrix_minimum(cost, a, b, arc_r, arc_c, arc_x) < K:
-        return 0, 0
+        return 0, 0, 0.0
 
     # the basis tree: adjacency lists (arc ids), parent arc and depth below the root (row 0)
     max_deg = max(M, N)
@@ -240,7 +240,7 @@ def _solve_one(cost, a, b, plan, u, v, max_iter, tol, basis_r, basis_c, warm):  
     depth[0] = 0
     u[0] = 0.0
     if _hang(0, 0.0, cost, arc_r, arc_c, adj, deg, parent, depth, u, v, queue, M) < n_nodes:
-        return 0, 0                           # not a spanning tree: let the caller re-solve
+        return 0, 0, 0.0                      # not a spanning tree: let the caller re-solve
 
     code = 0
     it = 0
@@ -340,26 +340,59 @@ def _solve_one(cost, a, b, plan, u, v, max_iter, tol, basis_r, basis_c, warm):  
         _hang(t, best, cost, arc_r, arc_c, adj, deg, parent, depth, u, v, queue, M)
 
     plan[:, :] = 0.0
+    value = 0.0
     for e in range(K):
-        plan[arc_r[e], arc_c[e]] += max(arc_x[e], 0.0)
+        x = max(arc_x[e], 0.0)
+        plan[arc_r[e], arc_c[e]] += x
+        value += cost[arc_r[e], arc_c[e]] * x
     basis_r[:] = arc_r
     basis_c[:] = arc_c
-    return code, it
+    return code, it, value
 
 
 @njit(cache=True, nogil=True)
 def _outputs(cost):  # pragma: no cover (compiled)
     B, M, N = cost.shape
-    return (np.empty((B, M, N)), np.empty(B), np.empty((B, M)), np.empty((B, N)),
+    return (np.empty((B, M, N), cost.dtype), np.empty(B), np.empty((B, M)), np.empty((B, N)),
             np.empty(B, np.int64), np.empty(B, np.int64))
 
 
 @njit(cache=True, nogil=True)
 def _solve_into(t, cost, a, b, max_iter, tol, basis_r, basis_c, warm,
                 plan, value, f, g, code, iters):  # pragma: no cover (compiled)
-    code[t], iters[t] = _solve_one(cost[t], a[t], b[t], plan[t], f[t], g[t], max_iter, tol,
-                                   basis_r[t], basis_c[t], warm)
-    value[t] = np.sum(cost[t] * plan[t])
+    """Problem t in float64, its cost divided by its largest magnitude (the plan of an LP
+    does not change when its cost is scaled; value and duals are scaled back) and b scaled
+    to a's mass."""
+    M, N = cost.shape[1], cost.shape[2]
+    scale = 0.0
+    for i in range(M):
+        for j in range(N):
+            scale = max(scale, abs(np.float64(cost[t, i, j])))
+    if scale == 0.0:
+        scale = 1.0
+    c = np.empty((M, N))
+    for i in range(M):
+        for j in range(N):
+            c[i, j] = np.float64(cost[t, i, j]) / scale
+    at = np.empty(M)
+    bt = np.empty(N)
+    sa = 0.0
+    sb = 0.0
+    for i in range(M):
+        at[i] = a[t, i]
+        sa += at[i]
+    for j in range(N):
+        bt[j] = b[t, j]
+        sb += bt[j]
+    for j in range(N):
+        bt[j] *= sa / sb                      # equal masses to machine precision
+    code[t], iters[t], v = _solve_one(c, at, bt, plan[t], f[t], g[t], max_iter, tol,
+                                      basis_r[t], basis_c[t], warm)
+    value[t] = v * scale
+    for i in range(M):
+        f[t, i] *= scale
+    for j in range(N):
+        g[t, j] *= scale
 
 
 @njit(cache=True, parallel=True)
@@ -382,16 +415,17 @@ PARALLEL_MIN_BATCH = 64      # below this, thread start-up costs more than it sa
 
 
 def solve_batch(cost, a, b, max_iter, tol, basis=None):
-    """Solve cost [B, M, N], a [B, M], b [B, N] (float64, equal masses); in parallel over the
-    problems when B >= PARALLEL_MIN_BATCH.
+    """Solve cost [B, M, N], a [B, M], b [B, N] (float32 or float64, any scale; b is scaled
+    to a's mass); in parallel over the problems when B >= PARALLEL_MIN_BATCH.
 
     ``basis``: optional starting bases (rows [B, M + N - 1], columns [B, M + N - 1], int64),
     e.g. those returned for nearby problems: a problem starts from its basis where that is a
     spanning tree whose flows are feasible for its marginals (a warm start: the same optimum
     in fewer pivots), else from the matrix-minimum rule.
 
-    Returns plan [B, M, N], value [B], f [B, M], g [B, N] (a dual optimum with f_0 = 0),
-    code [B] (1 = optimal), the pivot count [B] and the final bases (rows, columns).
+    Returns plan [B, M, N] (in cost's dtype), value [B], f [B, M], g [B, N] (float64; a dual
+    optimum with f_0 = 0), code [B] (1 = optimal), the pivot count [B] and the final bases
+    (rows, columns).
     """
     B, M, N = cost.shape
     warm = basis is not None

@@ -16,6 +16,7 @@ prototype p (the support image for 1-shot, a Structured FC prototype for K > 1):
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple, Union
@@ -25,6 +26,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .. import emd
+from . import _sfc_kernel
 from ..errors import ConfigError
 from .backbones import Backbone
 from .classifier import METHODS, FewShotClassifier, class_means
@@ -216,9 +218,9 @@ class StructuredFC:
                     init = tuple(t[:, chunk.to(t.device)].reshape(-1, *t.shape[3:]) for t in starts)
                 if closed_form:                 # no autograd graph: the gradient by hand
                     with torch.no_grad():
-                        terms, result = _sfc_terms(head, nodes.select(chunk), proto.nodes, proto.mean,
-                                                   labels[:, chunk], init)
-                        proto.step(*terms)
+                        grad, result = _sfc_terms(head, nodes.select(chunk), proto.nodes, proto.mean,
+                                                  labels[:, chunk], init)
+                        proto.step(grad)
                 else:
                     opt.zero_grad()
                     with torch.enable_grad():
@@ -247,12 +249,13 @@ class StructuredFC:
 @dataclass(frozen=True)
 class _SupportNodes:
     """Support features in the closed form's layout: node-major unit nodes ``xhat``
-    [E, n, M, C] (centred first with ``center``) with their norms ``nu`` [E, n, M] and
-    channel means ``mu`` [E, n, M] (zero without ``center``), so that x_i = nu_i xhat_i +
-    mu_i (a vector of ones)."""
+    [E, n, M, C] (centred first with ``center``) with their norms ``nu`` [E, n, M], channel
+    means ``mu`` [E, n, M] (zero without ``center``) and ``xsum`` [E, n, C] = sum_i nu_i
+    xhat_i, so that x_i = nu_i xhat_i + mu_i (a vector of ones)."""
     xhat: torch.Tensor
     nu: torch.Tensor
     mu: torch.Tensor
+    xsum: torch.Tensor
 
     @staticmethod
     def of(support: torch.Tensor, center: bool) -> "_SupportNodes":
@@ -261,11 +264,43 @@ class _SupportNodes:
         mu = x.mean(-1) if center else x.new_zeros(x.shape[:-1])
         xt = x - mu[..., None] if center else x
         nu = xt.norm(dim=-1).clamp_min(1e-12)                         # as F.normalize
-        return _SupportNodes(xt / nu[..., None], nu, mu)
+        return _SupportNodes(xt / nu[..., None], nu, mu, xt.sum(2))
 
     def select(self, chunk: torch.Tensor) -> "_SupportNodes":
-        """The support images ``chunk`` [k] of every episode."""
-        return _SupportNodes(*(t[:, chunk] for t in (self.xhat, self.nu, self.mu)))
+        """The support images ``chunk`` [k] of every episode (contiguous copies)."""
+        return _SupportNodes(*(t.index_select(1, chunk) for t in (self.xhat, self.nu, self.mu, self.xsum)))
+
+
+@dataclass(frozen=True)
+class _Gradient:
+    """The Structured FC gradient of node-major prototypes P [E, W, N, C] for a chunk of k
+    support images per episode (``nodes``, selected), in factors:
+
+        grad_wj = sum_k,i (weight_kw inv_norm_wj plan_kwij + ga_kwi) xhat_ki
+                  + sum_k gb_kwj xsum_k + scale_wj P_wj + ones_wj (a vector of ones)
+
+    plan [E, k, W, M, N], weight [E, k, W], inv_norm [E, W, N], ga [E, k, W, M],
+    gb [E, k, W, N], scale [E, W, N], ones [E, W, N] (None without channel centring, where
+    P is not split into centred nodes and means). See :func:`sfc_gradient`."""
+    nodes: _SupportNodes
+    plan: torch.Tensor
+    weight: torch.Tensor
+    inv_norm: torch.Tensor
+    ga: torch.Tensor
+    gb: torch.Tensor
+    scale: torch.Tensor
+    ones: Optional[torch.Tensor]
+
+    def dense(self, proto: torch.Tensor) -> torch.Tensor:
+        """The gradient [E, W, N, C] of the prototypes' nodes ``proto`` [E, W, N, C] (centred
+        where ``ones`` is given; the multiple of ones is not included), as batched products."""
+        E, k, W, M, N = self.plan.shape
+        C = proto.shape[-1]
+        coeffs = (self.weight[..., None, None] * self.plan).permute(0, 2, 4, 1, 3) \
+            * self.inv_norm[..., None, None] + self.ga.permute(0, 2, 1, 3)[:, :, None]   # [E, W, N, k, M]
+        grad = torch.bmm(self.gb.permute(0, 2, 3, 1).reshape(E, W * N, k), self.nodes.xsum)
+        grad.baddbmm_(coeffs.reshape(E, W * N, k * M), self.nodes.xhat.reshape(E, k * M, C))
+        return grad.reshape(E, W, N, C) + self.scale[..., None] * proto
 
 
 class _Prototypes:
@@ -273,37 +308,38 @@ class _Prototypes:
     ``center``, their channel means apart: P = nodes + mean (``mean`` [E, W, N], ``nodes``
     centred), so that the centred norm the cosine cost needs is a plain norm. ``step``
     applies ``torch.optim.SGD``'s update (momentum, dampening, weight decay; no Nesterov) in
-    place for a gradient given as coeffs @ xhat + scale * nodes + ones (coeffs [E, W * N, K],
-    xhat [E, K, C], scale [E, W * N, 1], ones [E, W * N]: a multiple of the vector of ones,
-    None without ``center``): the momentum buffer is updated by one batched matrix product
-    with ``beta`` (the gradient is never formed) and one multiply-add."""
+    place for a :class:`_Gradient`: on the CPU by the compiled kernel
+    (:mod:`fewshot.models._sfc_kernel`, the gradient never formed), elsewhere or with
+    ``compiled=False`` from :meth:`_Gradient.dense`."""
 
     def __init__(self, proto: torch.Tensor, center: bool, lr: float, momentum: float,
-                 dampening: float, weight_decay: float):
+                 dampening: float, weight_decay: float, compiled: bool = True):
         proto = proto.contiguous()
         self.mean = proto.mean(-1) if center else None
         self.nodes = (proto - self.mean[..., None]) if center else proto.clone()
         self.lr, self.momentum, self.dampening, self.weight_decay = lr, momentum, dampening, weight_decay
+        self.compiled = compiled and proto.device.type == "cpu"
         self.buf = self.buf_mean = None
 
-    def step(self, coeffs: torch.Tensor, xhat: torch.Tensor, scale: torch.Tensor,
-             ones: Optional[torch.Tensor]) -> None:
-        flat = self.nodes.view(self.nodes.shape[0], -1, self.nodes.shape[-1])
-        scale = scale + self.weight_decay                             # d_p = grad + wd * p
+    def step(self, grad: _Gradient) -> None:
+        first = self.buf is None or self.momentum == 0                # buf = d_p, else
+        alpha = 1.0 if first else 1 - self.dampening                  # buf = m buf + (1 - d) d_p
+        grad = dataclasses.replace(grad, scale=grad.scale + self.weight_decay)   # d_p = grad + wd * p
+        if self.compiled:
+            if self.buf is None:
+                self.buf = torch.empty_like(self.nodes)
+            dtype = self.nodes.numpy().dtype.type
+            _sfc_kernel.sgd_step(*(t.contiguous().numpy() for t in (
+                self.nodes, self.buf, grad.nodes.xhat, grad.nodes.xsum, grad.plan, grad.weight,
+                grad.inv_norm, grad.ga, grad.gb, grad.scale)),
+                dtype(self.momentum), dtype(alpha), dtype(self.lr), first)
+        else:
+            d_p = grad.dense(self.nodes)
+            self.buf = d_p if first else self.buf.mul_(self.momentum).add_(d_p, alpha=alpha)
+            self.nodes.add_(self.buf, alpha=-self.lr)
         if self.mean is not None:
-            ones = (ones + self.weight_decay * self.mean.reshape(ones.shape)).reshape(self.mean.shape)
-        if self.buf is None or self.momentum == 0:                    # buf = d_p
-            self.buf = torch.bmm(coeffs, xhat, out=self.buf)
-            self.buf.addcmul_(scale, flat)
-            self.buf_mean = ones
-        else:                                                         # buf = m buf + (1 - d) d_p
-            alpha = 1 - self.dampening
-            self.buf.baddbmm_(coeffs, xhat, beta=self.momentum, alpha=alpha)
-            self.buf.addcmul_(scale, flat, value=alpha)
-            if ones is not None:
-                self.buf_mean = self.momentum * self.buf_mean + alpha * ones
-        flat.add_(self.buf, alpha=-self.lr)
-        if self.mean is not None:
+            ones = grad.ones + self.weight_decay * self.mean
+            self.buf_mean = ones if first else self.momentum * self.buf_mean + alpha * ones
             self.mean -= self.lr * self.buf_mean
 
     def value(self) -> torch.Tensor:
@@ -312,25 +348,21 @@ class _Prototypes:
 
 
 def _sfc_terms(head: EMDHead, nodes: _SupportNodes, proto: torch.Tensor, mean: Optional[torch.Tensor],
-               labels: torch.Tensor, init=None):
-    """The Structured FC gradient's terms for support ``nodes`` (k images per episode) and
-    node-major prototypes P = proto + mean (proto [E, W, N, C], centred when ``mean``
-    [E, W, N] is given for the centred cosine cost; else P = proto) with labels [E, k]:
-    ((coeffs [E, W * N, k * M], xhat [E, k * M, C], scale [E, W * N, 1], ones [E, W * N] or
-    None), result) with gradient = coeffs @ xhat + scale * proto + ones (a multiple of the
-    vector of ones); see :func:`sfc_gradient` for the derivation.
+               labels: torch.Tensor, init=None) -> Tuple[_Gradient, emd.EMDResult]:
+    """The Structured FC gradient (:class:`_Gradient`) for support ``nodes`` (k images per
+    episode) and node-major prototypes P = proto + mean (proto [E, W, N, C], centred when
+    ``mean`` [E, W, N] is given for the centred cosine cost; else P = proto) with labels
+    [E, k], and the solver's result; see :func:`sfc_gradient` for the derivation.
 
-    With x_i = nu_i xhat_i + mu_i 1 every term is a small tensor but the two products
-    xhat @ proto^T (costs and cross-reference weights) and coeffs @ xhat (the gradient):
-    the prototypes are read twice per step and never copied."""
+    With x_i = nu_i xhat_i + mu_i 1 every term is a small tensor but the product
+    xhat @ proto^T (costs and cross-reference weights)."""
     E, W, N, C = proto.shape
     k, M = nodes.xhat.shape[1], nodes.xhat.shape[2]
     T = head.temperature
     flat = proto.reshape(E, W * N, C)
-    xhat = nodes.xhat.reshape(E, k * M, C)
-    dot = (xhat @ flat.transpose(1, 2)).reshape(E, k, M, W, N)         # <xhat_i, proto_j>
-    norm = flat.norm(dim=-1).clamp_min(1e-12)                           # [E, W * N]
-    cos = dot / norm.reshape(E, 1, 1, W, N)                             # 1 - cost
+    dot = (nodes.xhat.reshape(E, k * M, C) @ flat.transpose(1, 2)).reshape(E, k, M, W, N)
+    norm = flat.norm(dim=-1).clamp_min(1e-12).reshape(E, W, N)          # |proto_j|
+    cos = dot / norm[:, None, None]                                      # 1 - cost
     xp = nodes.nu[..., None, None] * dot                                 # <x_i, P_j>
     if mean is not None:          # xhat_i and proto_j are centred: <x_i, P_j> gains C mu_i mean_j
         xp = xp + (C * nodes.mu)[..., None, None] * mean[:, None, None]
@@ -346,17 +378,15 @@ def _sfc_terms(head: EMDHead, nodes: _SupportNodes, proto: torch.Tensor, mean: O
     gamma = -T / M * (logits.softmax(-1) - F.one_hot(labels, W).to(logits.dtype)) / k   # [E, k, W]
     g_a = gamma[..., None] * (M / s_a) * (f - (f * a).sum(-1, keepdim=True) / M) * (z_a > 0)
     g_b = gamma[..., None] * (M / s_b) * (g - (g * b).sum(-1, keepdim=True) / M) * (z_b > 0)
-    weighted = gamma[..., None, None] * plan                             # [E, k, W, M, N]
-    rho = -(weighted * cos).sum((1, 3)).reshape(E, W * N)                # <phat_j, h_j>
-    # coeffs[e, w, j, k, i] of xhat_ki: the cost term h_j / n_j, a's (onto the mean node) and b's
-    coeffs = torch.mul(weighted.permute(0, 2, 4, 1, 3), (-1 / norm).reshape(E, W, N, 1, 1))
-    coeffs += (g_a * nodes.nu[:, :, None] / N).permute(0, 2, 1, 3)[:, :, None]
-    coeffs.addcmul_(g_b.permute(0, 2, 3, 1)[..., None], nodes.nu[:, None, None], value=1 / M)
+    rho = -(gamma[..., None, None] * plan * cos).sum((1, 3))            # [E, W, N]: <phat_j, h_j>
     ones = None
     if mean is not None:          # the mu_i parts of a's and b's terms
         ones = ((g_a * nodes.mu[:, :, None]).sum((1, 3))[..., None] / N
-                + (g_b * nodes.mu.mean(-1)[:, :, None, None]).sum(1)).reshape(E, W * N)
-    return (coeffs.reshape(E, W * N, k * M), xhat, (-rho / norm ** 2)[..., None], ones), result
+                + (g_b * nodes.mu.mean(-1)[:, :, None, None]).sum(1))
+    # the cost term h_j / n_j; a's (onto the mean node) and b's (onto each node) terms
+    grad = _Gradient(nodes, plan, -gamma, 1 / norm, g_a * nodes.nu[:, :, None] / N, g_b / M,
+                     -rho / norm ** 2, ones)
+    return grad, result
 
 
 @torch.no_grad()
@@ -378,20 +408,18 @@ def sfc_gradient(head: EMDHead, support: torch.Tensor, proto: torch.Tensor, labe
     * b likewise with g, onto each prototype node through <P_j, mean_i x_i>.
 
     Writing x_i = |xtilde_i| xhat_i + mean_c(x_i) (a vector of ones), the gradient is a
-    combination of the support's unit nodes and ones plus a multiple of each prototype node,
-    which is how :meth:`StructuredFC.fit_many` applies it (the SGD step fused in). The same
-    numbers as autograd through :func:`emd_logits` (``tests/test_deepemd.py``), without
-    building a graph. ``init``: the solver's warm start."""
-    E, W, C, N = proto.shape
+    combination of the support's unit nodes and ones plus a multiple of each prototype node
+    (:class:`_Gradient`), which is how :meth:`StructuredFC.fit_many` applies it (the SGD step
+    fused in). The same numbers as autograd through :func:`emd_logits`
+    (``tests/test_deepemd.py``), without building a graph. ``init``: the solver's warm start."""
     p = proto.transpose(-1, -2)                                      # node-major [E, W, N, C]
     mean = p.mean(-1) if head.center else None
     p = (p - mean[..., None] if head.center else p).contiguous()
-    (coeffs, xhat, scale, ones), result = _sfc_terms(head, _SupportNodes.of(support, head.center), p, mean,
-                                                     labels, init)
-    grad = torch.baddbmm(scale * p.reshape(E, W * N, C), coeffs, xhat)
-    if ones is not None:
-        grad += ones[..., None]
-    return grad.reshape(E, W, N, C).transpose(-1, -2), result
+    grad, result = _sfc_terms(head, _SupportNodes.of(support, head.center), p, mean, labels, init)
+    dense = grad.dense(p)
+    if grad.ones is not None:
+        dense += grad.ones[..., None]
+    return dense.transpose(-1, -2), result
 
 
 @METHODS.register("deepemd")
