@@ -155,11 +155,15 @@ def test_closed_form_sfc_gradient_equals_autograd():
         torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-12)
 
 
-def test_lockstep_sfc_gives_the_prototypes_of_the_autograd_fit_of_each_episode():
+@pytest.mark.parametrize("compiled", [True, False])
+def test_lockstep_sfc_gives_the_prototypes_of_the_autograd_fit_of_each_episode(compiled, monkeypatch):
     """The new Structured FC (closed-form gradient, warm-started exact solves, episodes in
     lockstep) gives each episode the prototypes of the plain fit: autograd, cold solves, one
-    episode at a time (float64, to 1e-6)."""
+    episode at a time (float64, to 1e-6); with the compiled CPU kernels and with the batched
+    torch operations used on other devices."""
     import dataclasses
+    from fewshot.models import deepemd
+    monkeypatch.setattr(deepemd, "_compiled", lambda t: compiled)
     g = torch.Generator().manual_seed(7)
     feats = torch.randn(3, 10, 32, 9, generator=g, dtype=torch.float64)
     labels = torch.arange(5).repeat_interleave(2).expand(3, -1)
@@ -174,13 +178,16 @@ def test_lockstep_sfc_gives_the_prototypes_of_the_autograd_fit_of_each_episode()
     assert stats["solves"] == 15 * 3 and stats["pivots"] > 0
 
 
+@pytest.mark.parametrize("compiled", [True, False])
 @pytest.mark.parametrize("center,momentum,dampening,weight_decay",
                          [(False, 0.5, 0.0, 0.01), (True, 0.0, 0.0, 0.05)])
-def test_fused_sgd_step_equals_torch_sgd(center, momentum, dampening, weight_decay):
+def test_fused_sgd_step_equals_torch_sgd(center, momentum, dampening, weight_decay, compiled, monkeypatch):
     """The closed form applies torch.optim.SGD's update itself (momentum, dampening, weight
-    decay) without forming the gradient: the prototypes equal the autograd fit with
-    torch.optim.SGD for other options and without channel centring (float64)."""
+    decay; the compiled kernel without forming the gradient): the prototypes equal the
+    autograd fit with torch.optim.SGD for other options and without channel centring (float64)."""
     import dataclasses
+    from fewshot.models import deepemd
+    monkeypatch.setattr(deepemd, "_compiled", lambda t: compiled)
     g = torch.Generator().manual_seed(11)
     feats = torch.randn(2, 6, 24, 9, generator=g, dtype=torch.float64)
     labels = torch.arange(3).repeat_interleave(2).expand(2, -1)

@@ -271,25 +271,37 @@ class _SupportNodes:
         return _SupportNodes(*(t.index_select(1, chunk) for t in (self.xhat, self.nu, self.mu, self.xsum)))
 
 
+def _compiled(t: torch.Tensor) -> bool:
+    """Whether the Structured FC step runs the compiled kernels (:mod:`._sfc_kernel`) for
+    tensors like ``t``: on the CPU; elsewhere as batched torch operations."""
+    return t.device.type == "cpu"
+
+
 @dataclass(frozen=True)
 class _Gradient:
     """The Structured FC gradient of node-major prototypes P [E, W, N, C] for a chunk of k
     support images per episode (``nodes``, selected), in factors:
 
         grad_wj = sum_k,i (weight_kw inv_norm_wj plan_kwij + ga_kwi) xhat_ki
-                  + sum_k gb_kwj xsum_k + scale_wj P_wj + ones_wj (a vector of ones)
+                  + sum_k gb_kwj xsum_k + scale_wj P_wj + ones_wj (a vector of ones),
+        scale_wj = -inv_norm_wj^2 sum_k,i weight_kw plan_kwij (1 - cost_kwij)
 
-    plan [E, k, W, M, N], weight [E, k, W], inv_norm [E, W, N], ga [E, k, W, M],
-    gb [E, k, W, N], scale [E, W, N], ones [E, W, N] (None without channel centring, where
-    P is not split into centred nodes and means). See :func:`sfc_gradient`."""
+    plan and cost [E, k, W, M, N], weight [E, k, W], inv_norm [E, W, N], ga [E, k, W, M],
+    gb [E, k, W, N], ones [E, W, N] (None without channel centring, where P is not split
+    into centred nodes and means). See :func:`sfc_gradient`."""
     nodes: _SupportNodes
     plan: torch.Tensor
+    cost: torch.Tensor
     weight: torch.Tensor
     inv_norm: torch.Tensor
     ga: torch.Tensor
     gb: torch.Tensor
-    scale: torch.Tensor
     ones: Optional[torch.Tensor]
+
+    def scale(self) -> torch.Tensor:
+        """scale [E, W, N]."""
+        rho = (self.weight[..., None, None] * self.plan * (1 - self.cost)).sum((1, 3))
+        return -rho * self.inv_norm ** 2
 
     def dense(self, proto: torch.Tensor) -> torch.Tensor:
         """The gradient [E, W, N, C] of the prototypes' nodes ``proto`` [E, W, N, C] (centred
@@ -300,7 +312,7 @@ class _Gradient:
             * self.inv_norm[..., None, None] + self.ga.permute(0, 2, 1, 3)[:, :, None]   # [E, W, N, k, M]
         grad = torch.bmm(self.gb.permute(0, 2, 3, 1).reshape(E, W * N, k), self.nodes.xsum)
         grad.baddbmm_(coeffs.reshape(E, W * N, k * M), self.nodes.xhat.reshape(E, k * M, C))
-        return grad.reshape(E, W, N, C) + self.scale[..., None] * proto
+        return grad.reshape(E, W, N, C) + self.scale()[..., None] * proto
 
 
 class _Prototypes:
@@ -309,32 +321,30 @@ class _Prototypes:
     centred), so that the centred norm the cosine cost needs is a plain norm. ``step``
     applies ``torch.optim.SGD``'s update (momentum, dampening, weight decay; no Nesterov) in
     place for a :class:`_Gradient`: on the CPU by the compiled kernel
-    (:mod:`fewshot.models._sfc_kernel`, the gradient never formed), elsewhere or with
-    ``compiled=False`` from :meth:`_Gradient.dense`."""
+    (:func:`._sfc_kernel.sgd_step`, the gradient never formed), elsewhere from
+    :meth:`_Gradient.dense`."""
 
     def __init__(self, proto: torch.Tensor, center: bool, lr: float, momentum: float,
-                 dampening: float, weight_decay: float, compiled: bool = True):
+                 dampening: float, weight_decay: float):
         proto = proto.contiguous()
         self.mean = proto.mean(-1) if center else None
         self.nodes = (proto - self.mean[..., None]) if center else proto.clone()
         self.lr, self.momentum, self.dampening, self.weight_decay = lr, momentum, dampening, weight_decay
-        self.compiled = compiled and proto.device.type == "cpu"
         self.buf = self.buf_mean = None
 
     def step(self, grad: _Gradient) -> None:
         first = self.buf is None or self.momentum == 0                # buf = d_p, else
         alpha = 1.0 if first else 1 - self.dampening                  # buf = m buf + (1 - d) d_p
-        grad = dataclasses.replace(grad, scale=grad.scale + self.weight_decay)   # d_p = grad + wd * p
-        if self.compiled:
+        if _compiled(self.nodes):
             if self.buf is None:
                 self.buf = torch.empty_like(self.nodes)
             dtype = self.nodes.numpy().dtype.type
             _sfc_kernel.sgd_step(*(t.contiguous().numpy() for t in (
-                self.nodes, self.buf, grad.nodes.xhat, grad.nodes.xsum, grad.plan, grad.weight,
-                grad.inv_norm, grad.ga, grad.gb, grad.scale)),
-                dtype(self.momentum), dtype(alpha), dtype(self.lr), first)
+                self.nodes, self.buf, grad.nodes.xhat, grad.nodes.xsum, grad.plan, grad.cost,
+                grad.weight, grad.inv_norm, grad.ga, grad.gb)),
+                *(dtype(v) for v in (self.weight_decay, self.momentum, alpha, self.lr)), first)
         else:
-            d_p = grad.dense(self.nodes)
+            d_p = grad.dense(self.nodes).add_(self.nodes, alpha=self.weight_decay)   # grad + wd * p
             self.buf = d_p if first else self.buf.mul_(self.momentum).add_(d_p, alpha=alpha)
             self.nodes.add_(self.buf, alpha=-self.lr)
         if self.mean is not None:
@@ -362,30 +372,32 @@ def _sfc_terms(head: EMDHead, nodes: _SupportNodes, proto: torch.Tensor, mean: O
     flat = proto.reshape(E, W * N, C)
     dot = (nodes.xhat.reshape(E, k * M, C) @ flat.transpose(1, 2)).reshape(E, k, M, W, N)
     norm = flat.norm(dim=-1).clamp_min(1e-12).reshape(E, W, N)          # |proto_j|
-    cos = dot / norm[:, None, None]                                      # 1 - cost
-    xp = nodes.nu[..., None, None] * dot                                 # <x_i, P_j>
-    if mean is not None:          # xhat_i and proto_j are centred: <x_i, P_j> gains C mu_i mean_j
-        xp = xp + (C * nodes.mu)[..., None, None] * mean[:, None, None]
-    z_a, z_b = xp.mean(-1).transpose(2, 3), xp.mean(2)                  # [E, k, W, M], [E, k, W, N]
+    # <x_i, P_j> = nu_i <xhat_i, proto_j> + C mu_i mean_j (xhat_i and proto_j centred)
+    cmean = C * mean if mean is not None else norm.new_zeros(E, W, N)
+    if _compiled(dot):
+        cost, z_a, z_b = dot.new_empty(E, k, W, M, N), dot.new_empty(E, k, W, M), dot.new_empty(E, k, W, N)
+        _sfc_kernel.problems(*(t.contiguous().numpy() for t in (dot, norm, nodes.nu, nodes.mu, cmean,
+                                                                cost, z_a, z_b)))
+    else:
+        cost = 1 - (dot / norm[:, None, None]).transpose(2, 3)          # [E, k, W, M, N]
+        xp = nodes.nu[..., None, None] * dot + nodes.mu[..., None, None] * cmean[:, None, None]
+        z_a, z_b = xp.mean(-1).transpose(2, 3), xp.mean(2)              # [E, k, W, M], [E, k, W, N]
     a, b = F.relu(z_a) + 1e-3, F.relu(z_b) + 1e-3
     s_a, s_b = a.sum(-1, keepdim=True), b.sum(-1, keepdim=True)
     a, b = a * (M / s_a), b * (M / s_b)
-    cos = cos.transpose(2, 3)                                            # [E, k, W, M, N]
-    result = head.solver((1 - cos).reshape(-1, M, N), a.reshape(-1, M), b.reshape(-1, N), init=init)
-    plan = result.plan.reshape(E, k, W, M, N)
+    result = head.solver(cost.reshape(-1, M, N), a.reshape(-1, M), b.reshape(-1, N), init=init)
     f, g = (p.reshape(E, k, W, -1) for p in result.potentials)
     logits = T * (1 - result.value.reshape(E, k, W) / M)
     gamma = -T / M * (logits.softmax(-1) - F.one_hot(labels, W).to(logits.dtype)) / k   # [E, k, W]
     g_a = gamma[..., None] * (M / s_a) * (f - (f * a).sum(-1, keepdim=True) / M) * (z_a > 0)
     g_b = gamma[..., None] * (M / s_b) * (g - (g * b).sum(-1, keepdim=True) / M) * (z_b > 0)
-    rho = -(gamma[..., None, None] * plan * cos).sum((1, 3))            # [E, W, N]: <phat_j, h_j>
     ones = None
     if mean is not None:          # the mu_i parts of a's and b's terms
         ones = ((g_a * nodes.mu[:, :, None]).sum((1, 3))[..., None] / N
                 + (g_b * nodes.mu.mean(-1)[:, :, None, None]).sum(1))
     # the cost term h_j / n_j; a's (onto the mean node) and b's (onto each node) terms
-    grad = _Gradient(nodes, plan, -gamma, 1 / norm, g_a * nodes.nu[:, :, None] / N, g_b / M,
-                     -rho / norm ** 2, ones)
+    grad = _Gradient(nodes, result.plan.reshape(E, k, W, M, N), cost.reshape(E, k, W, M, N), -gamma,
+                     1 / norm, g_a * nodes.nu[:, :, None] / N, g_b / M, ones)
     return grad, result
 
 
