@@ -144,19 +144,19 @@ def _hang(top, shift, cost, arc_r, arc_c, adj, deg, parent, depth, u, v, queue, 
 
 
 @njit(cache=True, nogil=True)
-def _basic_flows(a, b, arc_r, arc_c, arc_x, tol):  # pragma: no cover (compiled)
+def _basic_flows(a, b, arc_r, arc_c, arc_x, tol, rest, deg, incident, stack):  # pragma: no cover
     """The flows of the basis (arc_r, arc_c) for marginals a, b, by peeling leaves off the
     tree (a leaf's one arc carries its remaining mass). False when the arcs are not a
-    spanning tree or a flow is negative (the basis is not feasible for these marginals)."""
+    spanning tree or a flow is negative (the basis is not feasible for these marginals).
+    rest [M + N] (float), deg, incident, stack [M + N] (int): workspace."""
     M = a.shape[0]
     N = b.shape[0]
     K = M + N - 1
     n_nodes = M + N
-    rest = np.empty(n_nodes)
     rest[:M] = a
     rest[M:] = b
-    deg = np.zeros(n_nodes, np.int64)
-    incident = np.zeros(n_nodes, np.int64)      # sum of incident arc ids (the last one's id)
+    deg[:] = 0
+    incident[:] = 0                             # sum of incident arc ids (the last one's id)
     for e in range(K):
         r = arc_r[e]
         c = arc_c[e]
@@ -166,7 +166,6 @@ def _basic_flows(a, b, arc_r, arc_c, arc_x, tol):  # pragma: no cover (compiled)
         deg[M + c] += 1
         incident[r] += e
         incident[M + c] += e
-    stack = np.empty(n_nodes, np.int64)
     top = 0
     for n in range(n_nodes):
         if deg[n] == 1:
@@ -199,13 +198,33 @@ def _basic_flows(a, b, arc_r, arc_c, arc_x, tol):  # pragma: no cover (compiled)
 
 
 @njit(cache=True, nogil=True)
-def _solve_one(cost, a, b, plan, u, v, max_iter, tol, basis_r, basis_c, warm):  # pragma: no cover
+def _workspace(M, N):  # pragma: no cover (compiled)
+    """Integer and float workspace for one problem of M x N at a time (see _solve_one)."""
+    K = M + N - 1
+    n_nodes = M + N
+    return np.empty(2 * K + n_nodes * (max(M, N) + 8), np.int64), np.empty(M * N + M + N + K + n_nodes)
+
+
+@njit(cache=True, nogil=True)
+def _solve_one(cost, a, b, plan, u, v, max_iter, tol, basis_r, basis_c, warm,
+               iwork, fwork):  # pragma: no cover (compiled)
     M, N = cost.shape
     K = M + N - 1
     n_nodes = M + N
-    arc_r = np.empty(K, np.int64)
-    arc_c = np.empty(K, np.int64)
-    arc_x = np.empty(K, np.float64)
+    max_deg = max(M, N)
+    arc_r = iwork[:K]
+    arc_c = iwork[K:2 * K]
+    o = 2 * K
+    adj = iwork[o:o + n_nodes * max_deg].reshape((n_nodes, max_deg))
+    o += n_nodes * max_deg
+    deg = iwork[o:o + n_nodes]
+    parent = iwork[o + n_nodes:o + 2 * n_nodes]
+    depth = iwork[o + 2 * n_nodes:o + 3 * n_nodes]
+    queue = iwork[o + 3 * n_nodes:o + 4 * n_nodes]
+    path_p = iwork[o + 4 * n_nodes:o + 5 * n_nodes]
+    path_q = iwork[o + 5 * n_nodes:o + 6 * n_nodes]
+    scratch = iwork[o + 6 * n_nodes:o + 7 * n_nodes]
+    arc_x = fwork[:K]
 
     # 1. start from the given basis where it is a feasible tree for these marginals (a warm
     #    start), else from the matrix-minimum basic solution
@@ -213,14 +232,13 @@ def _solve_one(cost, a, b, plan, u, v, max_iter, tol, basis_r, basis_c, warm):  
     if warm:
         arc_r[:] = basis_r
         arc_c[:] = basis_c
-        started = _basic_flows(a, b, arc_r, arc_c, arc_x, 1e-12 * (a.sum() + 1.0))
+        started = _basic_flows(a, b, arc_r, arc_c, arc_x, 1e-12 * (a.sum() + 1.0), fwork[K:K + n_nodes],
+                               deg, queue, scratch)
     if not started and _matrix_minimum(cost, a, b, arc_r, arc_c, arc_x) < K:
         return 0, 0, 0.0
 
     # the basis tree: adjacency lists (arc ids), parent arc and depth below the root (row 0)
-    max_deg = max(M, N)
-    adj = np.empty((n_nodes, max_deg), np.int64)
-    deg = np.zeros(n_nodes, np.int64)
+    deg[:] = 0
     for e in range(K):
         r = arc_r[e]
         c = M + arc_c[e]
@@ -228,11 +246,6 @@ def _solve_one(cost, a, b, plan, u, v, max_iter, tol, basis_r, basis_c, warm):  
         deg[r] += 1
         adj[c, deg[c]] = e
         deg[c] += 1
-    parent = np.empty(n_nodes, np.int64)
-    depth = np.empty(n_nodes, np.int64)
-    queue = np.empty(n_nodes, np.int64)
-    path_p = np.empty(n_nodes, np.int64)
-    path_q = np.empty(n_nodes, np.int64)
 
     # 2. duals on the tree: one traversal from the root; afterwards only the subtree that
     #    moves in a pivot is visited again
@@ -358,11 +371,11 @@ def _outputs(cost):  # pragma: no cover (compiled)
 
 
 @njit(cache=True, nogil=True)
-def _solve_into(t, cost, a, b, max_iter, tol, basis_r, basis_c, warm,
+def _solve_into(t, cost, a, b, max_iter, tol, basis_r, basis_c, warm, iwork, fwork,
                 plan, value, f, g, code, iters):  # pragma: no cover (compiled)
     """Problem t in float64, its cost divided by its largest magnitude (the plan of an LP
     does not change when its cost is scaled; value and duals are scaled back) and b scaled
-    to a's mass."""
+    to a's mass; iwork, fwork: :func:`_workspace`."""
     M, N = cost.shape[1], cost.shape[2]
     scale = 0.0
     for i in range(M):
@@ -370,12 +383,12 @@ def _solve_into(t, cost, a, b, max_iter, tol, basis_r, basis_c, warm,
             scale = max(scale, abs(np.float64(cost[t, i, j])))
     if scale == 0.0:
         scale = 1.0
-    c = np.empty((M, N))
+    c = fwork[:M * N].reshape((M, N))
     for i in range(M):
         for j in range(N):
             c[i, j] = np.float64(cost[t, i, j]) / scale
-    at = np.empty(M)
-    bt = np.empty(N)
+    at = fwork[M * N:M * N + M]
+    bt = fwork[M * N + M:M * N + M + N]
     sa = 0.0
     sb = 0.0
     for i in range(M):
@@ -387,7 +400,7 @@ def _solve_into(t, cost, a, b, max_iter, tol, basis_r, basis_c, warm,
     for j in range(N):
         bt[j] *= sa / sb                      # equal masses to machine precision
     code[t], iters[t], v = _solve_one(c, at, bt, plan[t], f[t], g[t], max_iter, tol,
-                                      basis_r[t], basis_c[t], warm)
+                                      basis_r[t], basis_c[t], warm, iwork, fwork[M * N + M + N:])
     value[t] = v * scale
     for i in range(M):
         f[t, i] *= scale
@@ -395,19 +408,26 @@ def _solve_into(t, cost, a, b, max_iter, tol, basis_r, basis_c, warm,
         g[t, j] *= scale
 
 
+_BLOCK = 16      # problems per parallel task, which share one workspace
+
+
 @njit(cache=True, parallel=True)
 def _solve_parallel(cost, a, b, max_iter, tol, basis_r, basis_c, warm):  # pragma: no cover
     out = _outputs(cost)
-    for t in prange(cost.shape[0]):
-        _solve_into(t, cost, a, b, max_iter, tol, basis_r, basis_c, warm, *out)
+    B, M, N = cost.shape
+    for block in prange((B + _BLOCK - 1) // _BLOCK):
+        iwork, fwork = _workspace(M, N)
+        for t in range(block * _BLOCK, min(B, (block + 1) * _BLOCK)):
+            _solve_into(t, cost, a, b, max_iter, tol, basis_r, basis_c, warm, iwork, fwork, *out)
     return out
 
 
 @njit(cache=True)
 def _solve_serial(cost, a, b, max_iter, tol, basis_r, basis_c, warm):  # pragma: no cover
     out = _outputs(cost)
+    iwork, fwork = _workspace(cost.shape[1], cost.shape[2])
     for t in range(cost.shape[0]):
-        _solve_into(t, cost, a, b, max_iter, tol, basis_r, basis_c, warm, *out)
+        _solve_into(t, cost, a, b, max_iter, tol, basis_r, basis_c, warm, iwork, fwork, *out)
     return out
 
 

@@ -14,7 +14,8 @@ most M + N - 1 nonzeros of M * N, so the plan term is read sparsely: about 2 M *
 times fewer multiply-adds than the dense product coeffs @ xhat. The sum over i of ga does not
 depend on j and is formed once per (episode, class). Each prototype row is then updated as
 ``torch.optim.SGD`` does (buf = grad on the first step, else momentum * buf + alpha * grad;
-P -= lr * buf) while it is in cache, so the gradient is never stored.
+P -= lr * buf) while it is in cache, so the gradient is never stored, and its norm (the next
+step's cosine cost needs it) taken on the way.
 """
 from __future__ import annotations
 
@@ -52,53 +53,96 @@ def problems(dot, norm, nu, mu, mean, cost, z_a, z_b):  # pragma: no cover (comp
 
 
 @njit(cache=True, parallel=True, fastmath=True)
-def sgd_step(nodes, buf, xhat, xsum, plan, cost, weight, inv_norm, ga, gb,
+def sgd_step(nodes, buf, norm, xhat, xsum, plan, cost, weight, inv_norm, ga, gb,
              decay, momentum, alpha, lr, first):  # pragma: no cover (compiled)
-    """In place: nodes [E, W, N, C] (the prototypes), buf [E, W, N, C] (the momentum buffer),
-    from xhat [E, k, M, C], xsum [E, k, C], plan and cost [E, k, W, M, N], weight [E, k, W],
-    inv_norm [E, W, N], ga [E, k, W, M], gb [E, k, W, N]; scalars of the arrays' dtype
-    (``decay``: the weight decay, added to scale); ``first``: buf = grad."""
+    """In place: nodes [E, W, N, C] (the prototypes), buf [E, W, N, C] (the momentum buffer)
+    and norm [E, W, N] (the updated nodes' norms, at least 1e-12), from xhat [E, k, M, C],
+    xsum [E, k, C], plan and cost [E, k, W, M, N], weight [E, k, W], inv_norm [E, W, N],
+    ga [E, k, W, M], gb [E, k, W, N]; scalars of the arrays' dtype (``decay``: the weight
+    decay, added to scale); ``first``: buf = grad. Terms are added two at a time (half the
+    loads and stores of the row being summed)."""
     E, W, N, C = nodes.shape
     k, M = xhat.shape[1], xhat.shape[2]
     for ew in prange(E * W):
         e = ew // W
         w = ew % W
-        common = np.zeros(C, nodes.dtype)              # sum_k,i ga_kwi xhat_ki
+        # the plan's nonzeros of this (episode, class), grouped by prototype node j
+        start = np.zeros(N + 1, np.int64)
         for kk in range(k):
             for i in range(M):
-                coef = ga[e, kk, w, i]
-                if coef != 0:
-                    x = xhat[e, kk, i]
-                    for c in range(C):
-                        common[c] += coef * x[c]
+                for j in range(N):
+                    if plan[e, kk, w, i, j] != 0:
+                        start[j + 1] += 1
+        for j in range(N):
+            start[j + 1] += start[j]
+        fill = start[:N].copy()
+        src = np.empty(start[N], np.int64)             # kk * M + i
+        flow = np.empty(start[N], nodes.dtype)
+        sim = np.empty(start[N], nodes.dtype)          # 1 - cost
+        for kk in range(k):
+            for i in range(M):
+                for j in range(N):
+                    x = plan[e, kk, w, i, j]
+                    if x != 0:
+                        t = fill[j]
+                        src[t] = kk * M + i
+                        flow[t] = x
+                        sim[t] = 1 - cost[e, kk, w, i, j]
+                        fill[j] += 1
+        rows = xhat[e].reshape((k * M, C))
+        common = np.zeros(C, nodes.dtype)              # sum_k,i ga_kwi xhat_ki
+        for kk in range(k):
+            for i in range(0, M - 1, 2):
+                c1 = ga[e, kk, w, i]
+                c2 = ga[e, kk, w, i + 1]
+                x1 = rows[kk * M + i]
+                x2 = rows[kk * M + i + 1]
+                for c in range(C):
+                    common[c] += c1 * x1[c] + c2 * x2[c]
+            if M % 2:
+                c1 = ga[e, kk, w, M - 1]
+                x1 = rows[kk * M + M - 1]
+                for c in range(C):
+                    common[c] += c1 * x1[c]
         grad = np.empty(C, nodes.dtype)
         scale = np.empty(1, nodes.dtype)
         for j in range(N):
             p = nodes[e, w, j]
             rho = 0.0
-            for kk in range(k):
-                for i in range(M):
-                    flow = plan[e, kk, w, i, j]
-                    if flow != 0:
-                        rho += weight[e, kk, w] * flow * (1 - cost[e, kk, w, i, j])
+            for t in range(start[j], start[j + 1]):
+                rho += weight[e, src[t] // M, w] * flow[t] * sim[t]
             scale[0] = decay - rho * inv_norm[e, w, j] * inv_norm[e, w, j]
             s = scale[0]                               # in the arrays' dtype
             for c in range(C):
                 grad[c] = common[c] + s * p[c]
-            for kk in range(k):
-                coef = gb[e, kk, w, j]
-                x = xsum[e, kk]
+            for kk in range(0, k - 1, 2):
+                c1 = gb[e, kk, w, j]
+                c2 = gb[e, kk + 1, w, j]
+                x1 = xsum[e, kk]
+                x2 = xsum[e, kk + 1]
                 for c in range(C):
-                    grad[c] += coef * x[c]
-                wj = weight[e, kk, w] * inv_norm[e, w, j]
-                for i in range(M):
-                    flow = plan[e, kk, w, i, j]
-                    if flow != 0:
-                        coef = wj * flow
-                        x = xhat[e, kk, i]
-                        for c in range(C):
-                            grad[c] += coef * x[c]
+                    grad[c] += c1 * x1[c] + c2 * x2[c]
+            if k % 2:
+                c1 = gb[e, k - 1, w, j]
+                x1 = xsum[e, k - 1]
+                for c in range(C):
+                    grad[c] += c1 * x1[c]
+            t = start[j]
+            while t + 1 < start[j + 1]:
+                c1 = weight[e, src[t] // M, w] * inv_norm[e, w, j] * flow[t]
+                c2 = weight[e, src[t + 1] // M, w] * inv_norm[e, w, j] * flow[t + 1]
+                x1 = rows[src[t]]
+                x2 = rows[src[t + 1]]
+                for c in range(C):
+                    grad[c] += c1 * x1[c] + c2 * x2[c]
+                t += 2
+            if t < start[j + 1]:
+                c1 = weight[e, src[t] // M, w] * inv_norm[e, w, j] * flow[t]
+                x1 = rows[src[t]]
+                for c in range(C):
+                    grad[c] += c1 * x1[c]
             q = buf[e, w, j]
+            sq = 0.0
             if first:
                 for c in range(C):
                     q[c] = grad[c]
@@ -107,3 +151,5 @@ def sgd_step(nodes, buf, xhat, xsum, plan, cost, weight, inv_norm, ga, gb,
                     q[c] = momentum * q[c] + alpha * grad[c]
             for c in range(C):
                 p[c] -= lr * q[c]
+                sq += p[c] * p[c]
+            norm[e, w, j] = max(np.sqrt(sq), 1e-12)

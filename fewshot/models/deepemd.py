@@ -215,11 +215,11 @@ class StructuredFC:
             for chunk in torch.randperm(n, generator=gen).to(feats.device).split(self.batch):
                 init = None
                 if starts is not None:
-                    init = tuple(t[:, chunk.to(t.device)].reshape(-1, *t.shape[3:]) for t in starts)
+                    init = tuple(t.index_select(1, chunk.to(t.device)).reshape(-1, *t.shape[3:]) for t in starts)
                 if closed_form:                 # no autograd graph: the gradient by hand
                     with torch.no_grad():
                         grad, result = _sfc_terms(head, nodes.select(chunk), proto.nodes, proto.mean,
-                                                  labels[:, chunk], init)
+                                                  labels[:, chunk], init, proto.norm)
                         proto.step(grad)
                 else:
                     opt.zero_grad()
@@ -236,7 +236,7 @@ class StructuredFC:
                     if starts is None:
                         starts = tuple(t.new_zeros((E, n, W) + tuple(t.shape[1:])) for t in state)
                     for buffer, t in zip(starts, state):
-                        buffer[:, chunk.to(buffer.device)] = t.reshape(E, len(chunk), W, *t.shape[1:])
+                        buffer.index_copy_(1, chunk.to(buffer.device), t.reshape(E, len(chunk), W, *t.shape[1:]))
                 if stats is not None:
                     stats["solves"] = stats.get("solves", 0) + 1
                     stats["problems"] = stats.get("problems", 0) + E * len(chunk) * W
@@ -331,6 +331,7 @@ class _Prototypes:
         self.nodes = (proto - self.mean[..., None]) if center else proto.clone()
         self.lr, self.momentum, self.dampening, self.weight_decay = lr, momentum, dampening, weight_decay
         self.buf = self.buf_mean = None
+        self.norm = None           # |nodes| [E, W, N] where the last step computed it
 
     def step(self, grad: _Gradient) -> None:
         first = self.buf is None or self.momentum == 0                # buf = d_p, else
@@ -338,9 +339,10 @@ class _Prototypes:
         if _compiled(self.nodes):
             if self.buf is None:
                 self.buf = torch.empty_like(self.nodes)
+                self.norm = self.nodes.new_empty(self.nodes.shape[:-1])
             dtype = self.nodes.numpy().dtype.type
             _sfc_kernel.sgd_step(*(t.contiguous().numpy() for t in (
-                self.nodes, self.buf, grad.nodes.xhat, grad.nodes.xsum, grad.plan, grad.cost,
+                self.nodes, self.buf, self.norm, grad.nodes.xhat, grad.nodes.xsum, grad.plan, grad.cost,
                 grad.weight, grad.inv_norm, grad.ga, grad.gb)),
                 *(dtype(v) for v in (self.weight_decay, self.momentum, alpha, self.lr)), first)
         else:
@@ -358,11 +360,13 @@ class _Prototypes:
 
 
 def _sfc_terms(head: EMDHead, nodes: _SupportNodes, proto: torch.Tensor, mean: Optional[torch.Tensor],
-               labels: torch.Tensor, init=None) -> Tuple[_Gradient, emd.EMDResult]:
+               labels: torch.Tensor, init=None, norm: Optional[torch.Tensor] = None
+               ) -> Tuple[_Gradient, emd.EMDResult]:
     """The Structured FC gradient (:class:`_Gradient`) for support ``nodes`` (k images per
     episode) and node-major prototypes P = proto + mean (proto [E, W, N, C], centred when
-    ``mean`` [E, W, N] is given for the centred cosine cost; else P = proto) with labels
-    [E, k], and the solver's result; see :func:`sfc_gradient` for the derivation.
+    ``mean`` [E, W, N] is given for the centred cosine cost; else P = proto; ``norm``
+    [E, W, N]: |proto| if known) with labels [E, k], and the solver's result; see
+    :func:`sfc_gradient` for the derivation.
 
     With x_i = nu_i xhat_i + mu_i 1 every term is a small tensor but the product
     xhat @ proto^T (costs and cross-reference weights)."""
@@ -371,7 +375,8 @@ def _sfc_terms(head: EMDHead, nodes: _SupportNodes, proto: torch.Tensor, mean: O
     T = head.temperature
     flat = proto.reshape(E, W * N, C)
     dot = (nodes.xhat.reshape(E, k * M, C) @ flat.transpose(1, 2)).reshape(E, k, M, W, N)
-    norm = flat.norm(dim=-1).clamp_min(1e-12).reshape(E, W, N)          # |proto_j|
+    if norm is None:
+        norm = flat.norm(dim=-1).clamp_min(1e-12).reshape(E, W, N)      # |proto_j|
     # <x_i, P_j> = nu_i <xhat_i, proto_j> + C mu_i mean_j (xhat_i and proto_j centred)
     cmean = C * mean if mean is not None else norm.new_zeros(E, W, N)
     if _compiled(dot):
