@@ -20,7 +20,10 @@ by the primal simplex method on the spanning-tree basis of the bipartite graph
    leaves, and only the subtree cut off by the leaving cell is walked again (re-hung
    on the entering cell, its duals shifted by the entering reduced cost).
 
-Every problem runs in one compiled call with no Python in the loop; batches of at
+Every problem runs in one compiled call with no Python in the loop: it is read in its
+own dtype (float32 or float64), converted to float64 and divided by its largest |cost|
+there, and its plan written back in that dtype; the problems of a block share one
+workspace (no allocation per problem). Batches of at
 least ``PARALLEL_MIN_BATCH`` problems are spread over all cores with ``numba.prange``
 (``NUMBA_NUM_THREADS``; numba's work-queue threading layer unless
 ``NUMBA_THREADING_LAYER`` says otherwise). A problem that does not reach the
