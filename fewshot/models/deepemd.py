@@ -190,9 +190,9 @@ class StructuredFC:
         from the state (``info["warm_start"]``) its previous step ended in: the prototypes
         move little per step, so the last step's potentials (sinkhorn) or optimal bases
         (exact) are near-optimal starts. Where the solver's gradient is the envelope
-        theorem's and the cost is cosine (``exact``), the gradient is formed in closed form
-        (:func:`sfc_gradient`) and the SGD step (``torch.optim.SGD``'s update) fused into
-        it, without autograd. ``stats``, if given, accumulates ``solves`` (solver calls),
+        theorem's and the cost is cosine (``exact``), the gradient is taken in closed form
+        (:func:`sfc_gradient`), without autograd, and ``torch.optim.SGD``'s update applied
+        from its factors (on the CPU by a compiled kernel that reads the plans sparsely). ``stats``, if given, accumulates ``solves`` (solver calls),
         ``problems`` (EMD problems solved), ``iterations`` (sinkhorn, per call) and
         ``pivots`` (exact, summed over problems)."""
         feats = support.detach()
@@ -427,7 +427,7 @@ def sfc_gradient(head: EMDHead, support: torch.Tensor, proto: torch.Tensor, labe
     Writing x_i = |xtilde_i| xhat_i + mean_c(x_i) (a vector of ones), the gradient is a
     combination of the support's unit nodes and ones plus a multiple of each prototype node
     (:class:`_Gradient`), which is how :meth:`StructuredFC.fit_many` applies it (the SGD step
-    fused in). The same numbers as autograd through :func:`emd_logits`
+    taken from these factors). The same numbers as autograd through :func:`emd_logits`
     (``tests/test_deepemd.py``), without building a graph. ``init``: the solver's warm start."""
     p = proto.transpose(-1, -2)                                      # node-major [E, W, N, C]
     mean = p.mean(-1) if head.center else None
