@@ -16,7 +16,6 @@ prototype p (the support image for 1-shot, a Structured FC prototype for K > 1):
 """
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple, Union
