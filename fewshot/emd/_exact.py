@@ -16,8 +16,9 @@ constant in ``cost`` and is returned without gradient; losses should be written
 through ``value`` (DeepEMD's logits are: sum(plan * (1 - cost)) = mass - value).
 Problems are solved on the CPU in float64 (each problem converted inside the compiled
 engine) and the results moved back to the input's device and dtype. Each problem's cost
-is divided by its largest magnitude before the simplex runs (the plan of an LP does not change when its cost is scaled; value and
-potentials are scaled back), so the optimum is found for costs of any magnitude.
+is divided by its largest magnitude before the simplex runs (the plan of an LP does not
+change when its cost is scaled; value and potentials are scaled back), so the optimum is
+found for costs of any magnitude.
 """
 from __future__ import annotations
 

@@ -340,9 +340,10 @@ class _Prototypes:
                 self.buf = torch.empty_like(self.nodes)
                 self.norm = self.nodes.new_empty(self.nodes.shape[:-1])
             dtype = self.nodes.numpy().dtype.type
-            _sfc_kernel.sgd_step(*(t.contiguous().numpy() for t in (
-                self.nodes, self.buf, self.norm, grad.nodes.xhat, grad.nodes.xsum, grad.plan, grad.cost,
-                grad.weight, grad.inv_norm, grad.ga, grad.gb)),
+            _sfc_kernel.sgd_step(                                      # in place: nodes, buf, norm
+                self.nodes.numpy(), self.buf.numpy(), self.norm.numpy(),
+                *(t.contiguous().numpy() for t in (grad.nodes.xhat, grad.nodes.xsum, grad.plan, grad.cost,
+                                                   grad.weight, grad.inv_norm, grad.ga, grad.gb)),
                 *(dtype(v) for v in (self.weight_decay, self.momentum, alpha, self.lr)), first)
         else:
             d_p = grad.dense(self.nodes).add_(self.nodes, alpha=self.weight_decay)   # grad + wd * p
@@ -380,8 +381,8 @@ def _sfc_terms(head: EMDHead, nodes: _SupportNodes, proto: torch.Tensor, mean: O
     cmean = C * mean if mean is not None else norm.new_zeros(E, W, N)
     if _compiled(dot):
         cost, z_a, z_b = dot.new_empty(E, k, W, M, N), dot.new_empty(E, k, W, M), dot.new_empty(E, k, W, N)
-        _sfc_kernel.problems(*(t.contiguous().numpy() for t in (dot, norm, nodes.nu, nodes.mu, cmean,
-                                                                cost, z_a, z_b)))
+        _sfc_kernel.problems(*(t.contiguous().numpy() for t in (dot, norm, nodes.nu, nodes.mu, cmean)),
+                             cost.numpy(), z_a.numpy(), z_b.numpy())        # filled in place
     else:
         cost = 1 - (dot / norm[:, None, None]).transpose(2, 3)          # [E, k, W, M, N]
         xp = nodes.nu[..., None, None] * dot + nodes.mu[..., None, None] * cmean[:, None, None]
