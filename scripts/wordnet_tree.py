@@ -28,7 +28,9 @@ def read_classes(paths):
                     sys.exit(f"{path}: expected a CSV with a 'label' column")
                 names = [r["label"] for r in rows]
             else:
-                names = [line.strip() for line in f if line.strip()]
+                # one class per line, its wnid first (ImageNet's LOC_synset_mapping.txt:
+                # "n01440764 tench, Tinca tinca")
+                names = [line.split()[0] for line in f if line.strip()]
         classes += [c for c in dict.fromkeys(names) if c not in classes]
     return classes
 

@@ -1,108 +1,263 @@
-"""Relaxed EMD^rho between class-probability histograms on a fixed tree of classes
-(Martinez et al. 2016): an output-space loss for hierarchies such as the WordNet tree
-of the miniImageNet classes, or any tree given as a parent list.
+"""Relaxed EMD^rho between histograms on a fixed tree of classes (Martinez et al. 2016):
+an output-space loss for hierarchies such as the WordNet tree of the ImageNet or
+miniImageNet classes, or any tree given as a parent list.
 
-For histograms p, q over the tree's nodes (classes are leaves or inner nodes) and
-S_v = sum of (p - q) over the subtree of v, the loss is
+For histograms p, q [B, K] over the tree's K nodes (classes are leaves or inner nodes)
+and S_v = sum of (p - q) over the subtree of v, the value is
 
     EMD^rho(p, q) = sum over nodes v != root of length_v * |S_v|^rho,
 
-rho = 1 being the exact EMD under the tree metric and rho = 2 the relaxed EMD^2. The
-gradient with respect to p is projected to sum zero (dirt-conserving, eq. 11/15).
-A chain (1-D ordered classes) is the tree whose parent list is [-1, 0, 1, 2, ...].
+rho = 1 being the exact EMD under the tree metric (path lengths) and rho = 2 the
+relaxed EMD^2. Closed form: the subtree sums S = (p - q) A are one product with the
+sparse [K, K] ancestor-or-self matrix A (sum of the node depths nonzeros, O(K depth)
+per pair instead of O(K^2) dense or an LP). Gradient (eq. 11/15 of the paper), also in
+closed form: with w_v = length_v * rho * |S_v|^(rho-1) sign(S_v),
+
+    d EMD^rho / d p_u = sum over the ancestors-or-self v of u of w_v = (A w)_u,
+
+projected onto {g : sum g = 0} so that a gradient step keeps the total mass (the
+dirt-conserving gradient); d / d q is its negative. A chain (1-D ordered classes) is
+the tree whose parent list is [-1, 0, 1, 2, ...].
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence
+import json
+import math
+import os
+from typing import Optional, Sequence, Union
 
 import torch
 import torch.nn as nn
 
 from ..errors import ConfigError
-from ._tree import _ZeroSum
+from ._problem import EMDInputError
+
+
+class ClassTree:
+    """A rooted tree of K nodes: ``parents`` [K] (-1 for the root) and edge ``lengths`` [K]
+    (the edge from v to its parent; default 1; the root's is ignored), optionally ``nodes``
+    (names). Checked once here: one root, indices in range, no cycle, finite lengths >= 0.
+
+    ``subtree_sums(x)`` [B, K] -> [B, K] and ``path_sums(w)`` (sums over each node's
+    ancestors-or-self) are products with the sparse ancestor matrix, built once;
+    ``distances()`` [K, K] is the tree metric (path lengths)."""
+
+    def __init__(self, parents: Sequence[int], lengths: Optional[Sequence[float]] = None,
+                 nodes: Optional[Sequence[str]] = None, where: str = "class tree"):
+        try:
+            parents = [int(p) for p in parents]
+        except (TypeError, ValueError):
+            raise ConfigError(f"{where}: parents must be a list of integers (-1 for the root)") from None
+        K = len(parents)
+        if K == 0:
+            raise ConfigError(f"{where}: the tree has no nodes")
+        if lengths is None:
+            lengths = [1.0] * K
+        lengths = [float(x) for x in lengths]
+        if len(lengths) != K or (nodes is not None and len(nodes) != K):
+            raise ConfigError(f"{where}: nodes, parents and lengths differ in length")
+        roots = [v for v, p in enumerate(parents) if p < 0]
+        if len(roots) != 1:
+            raise ConfigError(f"{where}: expected exactly one root (parent -1), found {len(roots)}")
+        for v, p in enumerate(parents):
+            if p >= K:
+                raise ConfigError(f"{where}: parent index {p} of node {v} is out of range")
+            if p >= 0 and not (math.isfinite(lengths[v]) and lengths[v] >= 0):
+                raise ConfigError(f"{where}: edge length of node {v} must be a finite number >= 0, "
+                                  f"got {lengths[v]}")
+        # ancestor-or-self lists, each node's from its parent's (memoised walk, no recursion)
+        anc: list = [None] * K
+        anc[roots[0]] = [roots[0]]
+        for u in range(K):
+            path = []
+            v = u
+            while anc[v] is None:
+                path.append(v)
+                v = parents[v]
+                if len(path) > K:
+                    raise ConfigError(f"{where}: node {u} is on a cycle")
+            for w in reversed(path):
+                anc[w] = [w] + anc[parents[w]]
+        self.parents, self.nodes, self.root = parents, (list(nodes) if nodes is not None else None), roots[0]
+        self.lengths = torch.tensor(lengths, dtype=torch.float64)
+        self.lengths[self.root] = 0.0
+        rows = torch.tensor([u for u in range(K) for _ in anc[u]])
+        cols = torch.tensor([v for u in range(K) for v in anc[u]])
+        self._A = torch.sparse_coo_tensor(torch.stack([rows, cols]), torch.ones(len(rows), dtype=torch.float64),
+                                          (K, K)).coalesce()
+        self._cache: dict = {}
+
+    def __len__(self) -> int:
+        return len(self.parents)
+
+    @classmethod
+    def from_json(cls, path: str, classes: Optional[Sequence[str]] = None, where: str = "") -> "ClassTree":
+        """The tree in ``path`` (JSON ``{"nodes": [names], "parents": [parent index, -1 for the
+        root], "lengths": [edge length per node] (optional, default 1)}``); with ``classes``,
+        renumbered so that the classes come first, in that order (every class must be a node)."""
+        where = where or f"class tree {path!r}"
+        if not os.path.isfile(path):
+            raise ConfigError(f"{where} does not exist")
+        try:
+            with open(path) as f:
+                spec = json.load(f)
+            nodes, parents = [str(x) for x in spec["nodes"]], [int(x) for x in spec["parents"]]
+            lengths = [float(x) for x in spec.get("lengths", [1.0] * len(nodes))]
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError) as e:
+            raise ConfigError(f"{where}: expected a JSON class tree with 'nodes' and 'parents' "
+                              f"lists ({e})") from None
+        if not len(nodes) == len(parents) == len(lengths):
+            raise ConfigError(f"{where}: nodes, parents and lengths differ in length")
+        if classes is None:
+            return cls(parents, lengths, nodes, where=where)
+        missing = [c for c in classes if c not in set(nodes)]
+        if missing:
+            raise ConfigError(f"{where}: classes {missing[:3]} are not nodes of the tree")
+        index = {n: i for i, n in enumerate(nodes)}
+        chosen = set(classes)
+        order = [index[c] for c in classes] + [i for i, n in enumerate(nodes) if n not in chosen]
+        new = {old: i for i, old in enumerate(order)}
+        if any(not 0 <= parents[o] < len(nodes) for o in order if parents[o] >= 0):
+            raise ConfigError(f"{where}: a parent index is out of range")
+        return cls([new[parents[o]] if parents[o] >= 0 else -1 for o in order],
+                   [lengths[o] for o in order], [nodes[o] for o in order], where=where)
+
+    def _matrix(self, transpose: bool, like: torch.Tensor) -> torch.Tensor:
+        key = (transpose, like.dtype, like.device)
+        if key not in self._cache:
+            A = self._A.t() if transpose else self._A
+            self._cache[key] = A.coalesce().to_sparse_csr().to(device=like.device, dtype=like.dtype)
+        return self._cache[key]
+
+    def subtree_sums(self, x: torch.Tensor) -> torch.Tensor:
+        """S [B, K]: S[:, v] = sum of x [B, K] over the subtree of v (S = x A)."""
+        return (self._matrix(True, x) @ x.t().contiguous()).t()     # node-major product
+
+    def path_sums(self, w: torch.Tensor) -> torch.Tensor:
+        """[B, K]: entry u = sum of w [B, K] over the ancestors-or-self of u (A w)."""
+        return (self._matrix(False, w) @ w.t().contiguous()).t()
+
+    def depths(self) -> torch.Tensor:
+        """[K] float64: path length from the root to each node."""
+        return self.path_sums(self.lengths[None])[0]
+
+    def distances(self) -> torch.Tensor:
+        """[K, K] float64 tree metric: d(u, v) = depth u + depth v - 2 depth lca(u, v)."""
+        A = self._A.to_dense()
+        depth = self.depths()
+        return depth[:, None] + depth[None, :] - 2 * (A * self.lengths) @ A.t()
+
+    def ancestor_matrix(self) -> torch.Tensor:
+        """Dense [K, K] float64 A with A[u, v] = 1 if v is u or an ancestor of u."""
+        return self._A.to_dense()
 
 
 def ancestor_matrix(parents: Sequence[int]) -> torch.Tensor:
     """A [K, K] with A[u, v] = 1 if v is u or an ancestor of u; ``parents[root] = -1``."""
-    K = len(parents)
-    roots = [v for v, p in enumerate(parents) if p < 0]
-    if len(roots) != 1:
-        raise ConfigError(f"class tree: expected exactly one root (parent -1), found {len(roots)}")
-    A = torch.zeros(K, K, dtype=torch.float64)
-    for u in range(K):
-        v, seen = u, 0
-        while v >= 0:
-            if not 0 <= v < K:
-                raise ConfigError(f"class tree: parent index {v} of node {u} is out of range")
-            A[u, v] = 1
-            v = parents[v]
-            seen += 1
-            if seen > K:
-                raise ConfigError(f"class tree: node {u} is on a cycle")
-    return A
+    return ClassTree(parents).ancestor_matrix()
 
 
-def tree_emd(p: torch.Tensor, q: torch.Tensor, parents: Sequence[int],
-             lengths: Optional[torch.Tensor] = None, rho: float = 2.0) -> torch.Tensor:
-    """EMD^rho [B] between histograms p, q [B, K] (equal mass) on the tree ``parents`` [K]
-    with edge lengths [K] (edge from v to its parent; default 1, the root's is ignored)."""
-    if p.shape != q.shape or p.dim() != 2 or p.shape[1] != len(parents):
-        raise ValueError(f"p and q must both have shape [B, {len(parents)}], got "
-                         f"{tuple(p.shape)} and {tuple(q.shape)}")
-    A = ancestor_matrix(parents).to(p.device, p.dtype)
-    if lengths is None:
-        lengths = torch.ones(len(parents), dtype=p.dtype, device=p.device)
-    lengths = lengths.to(p.device, p.dtype).masked_fill(
-        torch.tensor([x < 0 for x in parents], device=p.device), 0.0)
-    S = (_ZeroSum.apply(p) - q) @ A
-    return (lengths * S.abs().pow(rho)).sum(-1)
+def _powers(S: torch.Tensor, rho: float):
+    """|S|^rho and its derivative rho |S|^(rho-1) sign(S) (rho 1 and 2 without pow)."""
+    if rho == 1:
+        return S.abs(), S.sign()
+    if rho == 2:
+        return S.square(), 2 * S
+    m = S.abs()
+    return m.pow(rho), rho * m.pow(rho - 1) * S.sign()
+
+
+class _TreeEMD(torch.autograd.Function):
+    """value [B] = sum_v length_v |S_v|^rho with the closed-form dirt-conserving gradient.
+    Works node-major ([K, B]: the products with the sparse ancestor matrix read rows)."""
+
+    @staticmethod
+    def forward(ctx, p, q, tree, lengths, rho):
+        S = tree._matrix(True, p) @ (p - q).t().contiguous()          # [K, B] subtree sums
+        value, slope = _powers(S, rho)
+        ctx.save_for_backward(slope, lengths)
+        ctx.tree = tree
+        return lengths @ value
+
+    @staticmethod
+    def backward(ctx, grad_value):
+        slope, lengths = ctx.saved_tensors
+        g = ctx.tree._matrix(False, slope) @ (lengths[:, None] * slope)  # [K, B] path sums
+        g = ((g - g.mean(0, keepdim=True)) * grad_value).t()
+        return (g if ctx.needs_input_grad[0] else None, -g if ctx.needs_input_grad[1] else None,
+                None, None, None)
+
+
+def _as_tree(tree: Union[ClassTree, Sequence[int]], lengths) -> ClassTree:
+    if isinstance(tree, ClassTree):
+        if lengths is not None:
+            raise ConfigError("tree_emd: lengths are given with a ClassTree, which has its own")
+        return tree
+    if isinstance(lengths, torch.Tensor):
+        lengths = lengths.detach().cpu().double().tolist()
+    return ClassTree(tree, lengths)
+
+
+def tree_emd(p: torch.Tensor, q: torch.Tensor, tree: Union[ClassTree, Sequence[int]],
+             lengths: Optional[Union[torch.Tensor, Sequence[float]]] = None,
+             rho: float = 2.0) -> torch.Tensor:
+    """EMD^rho [B] between histograms p, q [B, K] (non-negative, equal mass per row) on
+    ``tree`` (a :class:`ClassTree`, or a parent list [K] with edge ``lengths`` [K]).
+
+    Raises EMDInputError for mismatched shapes, NaN/inf or negative entries and unequal
+    masses; see the module docstring for the formula and its gradient."""
+    tree = _as_tree(tree, lengths)
+    K = len(tree)
+    for name, t in (("p", p), ("q", q)):
+        if not isinstance(t, torch.Tensor) or not t.is_floating_point():
+            raise EMDInputError(f"tree_emd: {name} must be a floating-point tensor [B, {K}]")
+    if p.shape != q.shape or p.dim() != 2 or p.shape[1] != K:
+        raise EMDInputError(f"tree_emd: p and q must both have shape [B, {K}] (one entry per tree "
+                            f"node), got {tuple(p.shape)} and {tuple(q.shape)}")
+    if not (isinstance(rho, (int, float)) and math.isfinite(rho) and rho >= 1):
+        raise EMDInputError(f"tree_emd: rho must be a number >= 1, got {rho!r}")
+    with torch.no_grad():
+        for name, t in (("p", p), ("q", q)):
+            low, high = (float(v) for v in torch.aminmax(t))
+            if not (math.isfinite(low) and math.isfinite(high)):
+                raise EMDInputError(f"tree_emd: {name} contains NaN or infinite values")
+            if low < 0:
+                raise EMDInputError(f"tree_emd: {name} has negative entries; histograms must be >= 0")
+        sp, sq = p.sum(-1), q.sum(-1)
+        rtol = {torch.float64: 1e-6, torch.float32: 1e-4}.get(p.dtype, 1e-2)
+        gap = (sp - sq).abs() > rtol * torch.maximum(sp, sq).clamp_min(torch.finfo(p.dtype).tiny)
+        if bool(gap.any()):
+            i = int(gap.nonzero()[0])
+            raise EMDInputError(f"tree_emd: p and q must have equal mass per row; row {i} has "
+                                f"sum(p) = {float(sp[i]):.8g}, sum(q) = {float(sq[i]):.8g}")
+    q = q.to(p.dtype)
+    return _TreeEMD.apply(p, q, tree, tree.lengths.to(p.device, p.dtype), float(rho))
 
 
 class TreeEMDLoss(nn.Module):
     """Cross-entropy-compatible loss: EMD^rho between softmax(logits) [B, C] and one-hot
-    labels [B], the C classes being the first C nodes of the tree ``parents``."""
+    labels [B], the C classes being the first C nodes of ``tree`` (a ClassTree or a
+    parent list with ``lengths``); mean over the batch."""
 
-    def __init__(self, parents: Sequence[int], lengths: Optional[Sequence[float]] = None,
+    def __init__(self, tree: Union[ClassTree, Sequence[int]], lengths: Optional[Sequence[float]] = None,
                  rho: float = 2.0):
         super().__init__()
-        self.parents, self.rho = list(parents), rho
-        self.register_buffer("lengths", torch.tensor(lengths if lengths is not None
-                                                     else [1.0] * len(parents)))
-        ancestor_matrix(self.parents)  # validate now
+        if not (isinstance(rho, (int, float)) and math.isfinite(rho) and rho >= 1):
+            raise ConfigError(f"TreeEMDLoss: rho must be a number >= 1, got {rho!r}")
+        self.tree, self.rho = _as_tree(tree, lengths), float(rho)
+        self.parents = self.tree.parents
 
     def forward(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         B, C = logits.shape
-        K = len(self.parents)
-        p = torch.zeros(B, K, dtype=logits.dtype, device=logits.device)
-        p = torch.cat([logits.softmax(-1), p[:, C:]], dim=1)
+        K = len(self.tree)
+        if C > K:
+            raise EMDInputError(f"TreeEMDLoss: logits have {C} classes but the tree has {K} nodes")
+        p = torch.cat([logits.softmax(-1), logits.new_zeros(B, K - C)], dim=1)
         q = torch.zeros_like(p).scatter_(1, labels[:, None], 1.0)
-        return tree_emd(p, q, self.parents, self.lengths, self.rho).mean()
+        return tree_emd(p, q, self.tree, rho=self.rho).mean()
 
 
-def load_class_tree(path: str, classes: Sequence[str], rho: float = 2.0) -> TreeEMDLoss:
-    """A TreeEMDLoss over ``classes`` from a JSON file ``{"nodes": [names], "parents":
-    [index of each node's parent, -1 for the root], "lengths": [edge length per node]
-    (optional, default 1)}``; every class must be a node."""
-    import json
-    import os
-
-    if not os.path.isfile(path):
-        raise ConfigError(f"pretrain.class_tree {path!r} does not exist")
-    try:
-        with open(path) as f:
-            spec = json.load(f)
-        nodes, parents = list(spec["nodes"]), [int(x) for x in spec["parents"]]
-        lengths = [float(x) for x in spec.get("lengths", [1.0] * len(nodes))]
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
-        raise ConfigError(f"pretrain.class_tree {path!r}: expected JSON with 'nodes' and "
-                          f"'parents' lists ({e})") from None
-    if not len(nodes) == len(parents) == len(lengths):
-        raise ConfigError(f"pretrain.class_tree {path!r}: nodes, parents and lengths differ in length")
-    missing = [c for c in classes if c not in nodes]
-    if missing:
-        raise ConfigError(f"pretrain.class_tree {path!r}: classes {missing[:3]} are not nodes")
-    # put the classes first (in label order) and renumber the parents
-    order = [nodes.index(c) for c in classes] + [i for i, n in enumerate(nodes) if n not in set(classes)]
-    new_index = {old: new for new, old in enumerate(order)}
-    return TreeEMDLoss([new_index[parents[o]] if parents[o] >= 0 else -1 for o in order],
-                       [lengths[o] for o in order], rho=rho)
+def load_class_tree(path: str, classes: Sequence[str], rho: float = 2.0,
+                    where: str = "pretrain.class_tree") -> TreeEMDLoss:
+    """A TreeEMDLoss over ``classes`` from a JSON tree file (see :meth:`ClassTree.from_json`)."""
+    return TreeEMDLoss(ClassTree.from_json(path, classes, where=f"{where} {path!r}"), rho=rho)
