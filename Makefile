@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip --disable-pip-version-check -q
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test test-all bench bench-episodes recipe-mini-cpu recipe-cub recipe-omniglot reproduce-mini clean-venv
+.PHONY: install demo test test-all bench bench-episodes bench-tree hierarchy-chain hierarchy-small-data recipe-mini-cpu recipe-cub recipe-omniglot reproduce-mini clean-venv
 
 # Data roots and output folder of the recipes (override: make recipe-omniglot OMNIGLOT=/data/omniglot)
 MINI     ?= data/miniimagenet
@@ -43,6 +43,17 @@ bench: install
 
 bench-episodes: install
 	$(PY) benchmarks/episodes.py --backbone resnet12 --shots 1 5 --episodes 600
+
+# Relaxed EMD on the WordNet tree (docs/hierarchy.md): closed form vs Sinkhorn, the chain
+# regression, the small-data classification experiment on miniImageNet
+bench-tree: install
+	cd benchmarks && ../$(PY) tree_emd.py --json tree_emd.json --png ../docs/tree_emd_sinkhorn.png
+
+hierarchy-chain: install
+	$(PY) scripts/chain_regression.py --out $(RUNS)/chain
+
+hierarchy-small-data: install
+	$(PY) scripts/hierarchy_small_data.py --data-root $(MINI) --out $(RUNS)/hierarchy_small_data
 
 # CPU-scale recipes (README "Results"); each step is skipped when its output exists.
 recipe-mini-cpu: install

@@ -9,6 +9,7 @@ are checked against the constructor they are passed to (see ``registry.py``).
 from __future__ import annotations
 
 import copy
+import math
 import dataclasses
 import os
 import typing
@@ -337,6 +338,14 @@ def check(config: Config) -> None:
         raise ConfigError(f"pretrain.head_scale: expected > 0, got {p.head_scale}")
     if not 0 <= p.label_smoothing < 1:
         raise ConfigError(f"pretrain.label_smoothing: expected in [0, 1), got {p.label_smoothing}")
+    if not (math.isfinite(p.emd_loss_rho) and p.emd_loss_rho >= 1):
+        raise ConfigError(f"pretrain.emd_loss_rho: expected a number >= 1 (1: EMD, 2: EMD^2), "
+                          f"got {p.emd_loss_rho}")
+    if p.emd_loss_weight > 0 and not p.class_tree:
+        raise ConfigError("pretrain.emd_loss_weight > 0 needs pretrain.class_tree (a JSON tree)")
+    if p.class_tree and p.emd_loss_weight == 0:
+        raise ConfigError(f"pretrain.class_tree is set ({p.class_tree!r}) but pretrain.emd_loss_weight "
+                          f"is 0, so the tree would be ignored: set the weight (e.g. 0.5) or drop the tree")
     size_schedule(p, config.data.image_size)
 
 

@@ -248,6 +248,8 @@ def main(argv=None) -> int:
         parser.error("--epochs: give one value or one per --per-class setting")
     if min(args.per_class + args.epochs + [args.test_per_class, args.batch, args.eval_every]) < 1:
         parser.error("--per-class, --epochs, --test-per-class, --batch and --eval-every must be >= 1")
+    if args.image_size < 16:
+        parser.error("--image-size must be >= 16 (Conv-4 halves it four times)")
     epochs = dict(zip(args.per_class, args.epochs * len(args.per_class) if len(args.epochs) == 1 else args.epochs))
     try:
         os.makedirs(args.out, exist_ok=True)

@@ -79,7 +79,25 @@ def _bad_checkpoint(world, kind):
     return path
 
 
+def _class_tree(world, lengths):
+    """A class tree over the six training classes of ``world`` with the given edge lengths."""
+    path = str(world["base"] / f"tree_{abs(hash(tuple(lengths))) % 10 ** 8}.json")
+    json.dump({"nodes": ["root"] + [f"train_class{c}" for c in range(6)], "parents": [-1] + [0] * 6,
+               "lengths": lengths}, open(path, "w"))
+    return path
+
+
 TRAIN_CASES = [  # (id, extra arguments (callable of world), culprit in the message)
+    ("class_tree_without_weight", lambda w: ["pretrain.class_tree=" + _class_tree(w, [0] + [1] * 6)],
+     "pretrain.emd_loss_weight is 0"),
+    ("emd_loss_weight_without_tree", lambda w: ["pretrain.emd_loss_weight=0.5"], "needs pretrain.class_tree"),
+    ("emd_loss_rho_below_one", lambda w: ["pretrain.emd_loss_rho=0.5"], "pretrain.emd_loss_rho"),
+    ("class_tree_negative_length", lambda w: ["--stage", "pretrain", "pretrain.batch_size=8", "pretrain.emd_loss_weight=0.5",
+                                              "pretrain.class_tree=" + _class_tree(w, [0, 1, 1, -2, 1, 1, 1])],
+     "edge length of node 'train_class2'"),
+    ("class_tree_nan_length", lambda w: ["--stage", "pretrain", "pretrain.batch_size=8", "pretrain.emd_loss_weight=0.5",
+                                         "pretrain.class_tree=" + _class_tree(w, [0, 1, 1, 1, 1, 1, "NaN"])],
+     "finite number >= 0"),
     ("sinkhorn_epsilon_negative", lambda w: ["model.method=deepemd", "model.options.solver=sinkhorn",
                                              "model.options.solver_options.epsilon=-1"],
      "model.options.solver_options.epsilon"),

@@ -47,7 +47,7 @@ def test_wordnet_tree_merges_single_child_chains(tmp_path):
     assert run.returncode != 0 and "n99999999" in run.stderr
 
 
-@pytest.mark.parametrize("name", ["miniimagenet_wordnet.json"])
+@pytest.mark.parametrize("name", ["miniimagenet_wordnet.json", "imagenet_wordnet.json"])
 def test_shipped_class_trees_load(name):
     path = os.path.join(ROOT, "configs", "trees", name)
     tree = json.load(open(path))

@@ -24,6 +24,7 @@ and ``b`` are projected to sum to zero (dirt-conserving, as in ``tree``).
 """
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 import torch
@@ -60,8 +61,16 @@ def chain_emd(x: torch.Tensor, y: torch.Tensor, a: torch.Tensor, b: torch.Tensor
     D_k the mass of ``a`` minus the mass of ``b`` at or left of z_k; rho = 1 is the
     1-D EMD, rho = 2 the relaxed EMD^2 with the dirt-conserving gradient.
     """
-    if rho < 1:
-        raise ValueError(f"chain rho must be >= 1, got {rho}")
+    if not (isinstance(rho, (int, float)) and math.isfinite(rho) and rho >= 1):
+        raise EMDInputError(f"chain_emd: rho must be a number >= 1, got {rho!r}")
+    for name, t in (("x", x), ("y", y), ("a", a), ("b", b)):
+        if not isinstance(t, torch.Tensor) or t.dim() != 2:
+            got = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
+            raise EMDInputError(f"chain_emd: {name} must be a tensor [B, {'M' if name in 'xa' else 'N'}] "
+                                f"(one coordinate or weight per node), got {got}")
+    if x.shape != a.shape or y.shape != b.shape or x.shape[0] != y.shape[0]:
+        raise EMDInputError(f"chain_emd: expected x, a [B, M] and y, b [B, N]; got x {tuple(x.shape)}, "
+                            f"a {tuple(a.shape)}, y {tuple(y.shape)}, b {tuple(b.shape)}")
     z = torch.cat([x, y], -1)
     mass = torch.cat([_ZeroSum.apply(a), -_ZeroSum.apply(b)], -1)
     z, order = z.sort(-1)

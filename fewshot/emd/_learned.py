@@ -37,7 +37,7 @@ import torch.nn as nn
 from ..errors import ConfigError
 from ._problem import EMDResult
 from ._solver import Option, SolverSpec
-from ._sinkhorn import _iterate
+from ._sinkhorn import _iterate, _LogSumExp
 
 TOKEN_FEATURES = 4
 
@@ -101,8 +101,8 @@ def project(logits: torch.Tensor, a: torch.Tensor, b: torch.Tensor, n_iter: int,
     (the log of the plan with ``log``)."""
     log_a, log_b = a.clamp_min(1e-30).log(), b.clamp_min(1e-30).log()
     # Sinkhorn's log-domain iteration with cost = -logits and epsilon 1 (no early stop)
-    f, g, _, _ = _iterate(-logits, log_a, log_b, torch.zeros_like(a), torch.zeros_like(b), 1.0,
-                          n_iter, tol=0.0, mass=a.sum(1), check_every=n_iter)
+    f, g, _, _ = _iterate(_LogSumExp(-logits, 1.0, kernel=False), log_a, log_b, torch.zeros_like(a),
+                          torch.zeros_like(b), n_iter, tol=0.0, mass=a.sum(1), check_every=n_iter)
     log_plan = logits + f[:, :, None] + g[:, None, :]
     return log_plan if log else log_plan.exp()
 

@@ -22,14 +22,15 @@ class EMDSolverError(FewShotError, RuntimeError):
 class EMDResult:
     """Solution of a batch of transport problems.
 
-    plan: [B, M, N] transport plan (rows sum to ``a``, columns to ``b``).
+    plan: [B, M, N] transport plan (rows sum to ``a``, columns to ``b``); None where the
+        solver was asked not to return it (``return_plan: false``).
     value: [B] transport cost ``sum(plan * cost)`` (for regularised solvers: the
         transport part of the objective, without the regulariser).
     potentials: (f [B, M], g [B, N]) dual potentials where the solver has them, else None.
     solver: name of the solver that produced the result.
     info: solver-specific diagnostics (iterations, marginal error, ...).
     """
-    plan: torch.Tensor
+    plan: Optional[torch.Tensor]
     value: torch.Tensor
     potentials: Optional[Tuple[torch.Tensor, torch.Tensor]] = None
     solver: str = ""

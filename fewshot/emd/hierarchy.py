@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import warnings
 from typing import Optional, Sequence, Union
 
 import torch
@@ -56,14 +57,15 @@ class ClassTree:
         lengths = [float(x) for x in lengths]
         if len(lengths) != K or (nodes is not None and len(nodes) != K):
             raise ConfigError(f"{where}: nodes, parents and lengths differ in length")
+        name = (lambda v: repr(nodes[v])) if nodes is not None else str  # noqa: E731
         roots = [v for v, p in enumerate(parents) if p < 0]
         if len(roots) != 1:
             raise ConfigError(f"{where}: expected exactly one root (parent -1), found {len(roots)}")
         for v, p in enumerate(parents):
             if p >= K:
-                raise ConfigError(f"{where}: parent index {p} of node {v} is out of range")
+                raise ConfigError(f"{where}: parent index {p} of node {name(v)} is out of range")
             if p >= 0 and not (math.isfinite(lengths[v]) and lengths[v] >= 0):
-                raise ConfigError(f"{where}: edge length of node {v} must be a finite number >= 0, "
+                raise ConfigError(f"{where}: edge length of node {name(v)} must be a finite number >= 0, "
                                   f"got {lengths[v]}")
         # ancestor-or-self lists, each node's from its parent's (memoised walk, no recursion)
         anc: list = [None] * K
@@ -75,7 +77,7 @@ class ClassTree:
                 path.append(v)
                 v = parents[v]
                 if len(path) > K:
-                    raise ConfigError(f"{where}: node {u} is on a cycle")
+                    raise ConfigError(f"{where}: node {name(u)} is on a cycle")
             for w in reversed(path):
                 anc[w] = [w] + anc[parents[w]]
         self.parents, self.nodes, self.root = parents, (list(nodes) if nodes is not None else None), roots[0]
@@ -83,8 +85,10 @@ class ClassTree:
         self.lengths[self.root] = 0.0
         rows = torch.tensor([u for u in range(K) for _ in anc[u]])
         cols = torch.tensor([v for u in range(K) for v in anc[u]])
-        self._A = torch.sparse_coo_tensor(torch.stack([rows, cols]), torch.ones(len(rows), dtype=torch.float64),
-                                          (K, K)).coalesce()
+        with warnings.catch_warnings():          # torch's notes on sparse tensors being beta
+            warnings.simplefilter("ignore", UserWarning)
+            self._A = torch.sparse_coo_tensor(torch.stack([rows, cols]), torch.ones(len(rows), dtype=torch.float64),
+                                              (K, K)).coalesce()
         self._cache: dict = {}
 
     def __len__(self) -> int:
@@ -126,7 +130,9 @@ class ClassTree:
         key = (transpose, like.dtype, like.device)
         if key not in self._cache:
             A = self._A.t() if transpose else self._A
-            self._cache[key] = A.coalesce().to_sparse_csr().to(device=like.device, dtype=like.dtype)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)
+                self._cache[key] = A.coalesce().to_sparse_csr().to(device=like.device, dtype=like.dtype)
         return self._cache[key]
 
     def subtree_sums(self, x: torch.Tensor) -> torch.Tensor:

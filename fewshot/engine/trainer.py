@@ -462,9 +462,7 @@ def pretrain(config: Config, resume: Optional[str] = None) -> str:
                        batch_size=p.batch_size // size, drop_last=True)
 
     emd_loss = None
-    if p.emd_loss_weight > 0:
-        if not p.class_tree:
-            raise ConfigError("pretrain.emd_loss_weight > 0 needs pretrain.class_tree (a JSON tree)")
+    if p.emd_loss_weight > 0:         # with a class tree (checked when the config loaded)
         emd_loss = load_class_tree(p.class_tree, train_set.classes, p.emd_loss_rho).to(device)
 
     augment = _device_augmenter(config, rank, size)

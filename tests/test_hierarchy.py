@@ -1,0 +1,272 @@
+"""Relaxed EMD on trees and chains (Martinez et al. 2016): the closed form against the LP and
+finite differences on the 1,000-class WordNet tree, the class-tree checks, the Sinkhorn
+kernel engine against the log domain and POT, and the experiment scripts on generated data."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import ot
+import pytest
+import torch
+
+from fewshot import emd
+from fewshot.emd import EMDInputError
+from fewshot.emd.hierarchy import ClassTree, TreeEMDLoss, tree_emd
+from fewshot.errors import ConfigError
+
+from conftest import make_csv_layout
+
+ROOT = os.path.join(os.path.dirname(__file__), "..")
+IMAGENET_TREE = os.path.join(ROOT, "configs", "trees", "imagenet_wordnet.json")
+
+
+@pytest.fixture(scope="module")
+def imagenet_tree():
+    return ClassTree.from_json(IMAGENET_TREE)
+
+
+def walk_distance(parents, lengths, u, v):
+    """Tree distance by walking both nodes up to their lowest common ancestor (reference)."""
+    up = {}
+    d, w = 0.0, u
+    while w >= 0:
+        up[w] = d
+        d, w = d + lengths[w], parents[w]
+    d, w = 0.0, v
+    while w not in up:
+        d, w = d + lengths[w], parents[w]
+    return d + up[w]
+
+
+def histograms(B, C, K, seed, dtype=torch.float64):
+    g = torch.Generator().manual_seed(seed)
+    p, q = torch.rand(B, C, generator=g, dtype=dtype), torch.rand(B, C, generator=g, dtype=dtype)
+    pad = torch.zeros(B, K - C, dtype=dtype)
+    return (torch.cat([p / p.sum(1, keepdim=True), pad], 1), torch.cat([q / q.sum(1, keepdim=True), pad], 1))
+
+
+def test_imagenet_tree_ships_with_every_class_a_leaf(imagenet_tree):
+    spec = json.load(open(IMAGENET_TREE))
+    assert len(spec["nodes"]) == 1372 and spec["parents"].count(-1) == 1
+    classes = spec["nodes"][:1000]
+    assert len(set(classes)) == 1000 and all(c.startswith("n") for c in classes)
+    assert not set(range(1000)) & set(spec["parents"])              # no class is a parent
+    assert spec["labels"][0] == "tench"
+
+
+def test_tree_distances_are_path_lengths(imagenet_tree):
+    D = imagenet_tree.distances()
+    g = np.random.default_rng(0)
+    lengths = imagenet_tree.lengths.tolist()
+    for u, v in g.integers(0, 1372, size=(40, 2)):
+        assert D[u, v].item() == walk_distance(imagenet_tree.parents, lengths, int(u), int(v))
+    assert torch.equal(D, D.t()) and bool((D.diagonal() == 0).all())
+
+
+def test_closed_form_emd_equals_the_lp_on_the_imagenet_tree(imagenet_tree):
+    """rho = 1 on the 1,000 classes equals the LP under the tree metric (POT's network simplex)."""
+    p, q = histograms(3, 1000, 1372, seed=1)
+    M = imagenet_tree.distances()[:1000, :1000].numpy()
+    got = tree_emd(p, q, imagenet_tree, rho=1.0)
+    for i in range(3):
+        assert got[i].item() == pytest.approx(ot.emd2(p[i, :1000].numpy(), q[i, :1000].numpy(), M), rel=1e-9)
+    # one-hot targets: EMD(p, e_y) is the expected tree distance sum_c p_c d(c, y)
+    y = torch.tensor([3, 500, 999])
+    onehot = torch.zeros_like(q).scatter_(1, y[:, None], 1.0)
+    expected = (p[:, :1000] * torch.from_numpy(M)[:, y].t()).sum(1)
+    torch.testing.assert_close(tree_emd(p, onehot, imagenet_tree, rho=1.0), expected, rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("rho", [1.0, 2.0, 1.5])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_closed_form_gradient_matches_finite_differences(imagenet_tree, rho, dtype):
+    """The dirt-conserving gradient: sums to zero and gives the directional derivative along
+    every mass-preserving direction (central differences in float64)."""
+    p, q = histograms(4, 1000, 1372, seed=2)
+    pg = p.to(dtype).requires_grad_(True)
+    value = tree_emd(pg, q.to(dtype), imagenet_tree, rho=rho)
+    grad, = torch.autograd.grad((value * torch.arange(1, 5, dtype=dtype)).sum(), pg)
+    assert grad.dtype == dtype
+    tol = 1e-10 if dtype == torch.float64 else 1e-4
+    assert grad.sum(1).abs().max() < tol * grad.abs().max()
+    g = torch.Generator().manual_seed(3)
+    h = 1e-6
+    weights = torch.arange(1, 5, dtype=torch.float64)
+    for _ in range(3):
+        d = torch.randn(4, 1372, generator=g, dtype=torch.float64) * (p > 0)   # stay on the classes
+        d = (d - d.sum(1, keepdim=True) / 1000 * (p > 0))
+        d = d * 1e-2 * p.min()
+        f = lambda t: (tree_emd(p + t * d, q, imagenet_tree, rho=rho) * weights).sum()  # noqa: E731
+        fd = (f(h) - f(-h)) / (2 * h)
+        assert (grad.double() * d).sum().item() == pytest.approx(fd.item(), rel=1e-6 if dtype == torch.float64 else 1e-3)
+
+
+def test_emd2_is_the_sum_of_squared_subtree_differences():
+    """rho = 2 against the formula written out on a small tree: root 4 -> {5: classes 0, 1; 6: 2, 3}."""
+    parents, lengths = [5, 5, 6, 6, -1, 4, 4], [1.0, 1.0, 1.0, 1.0, 0.0, 2.0, 3.0]
+    p = torch.tensor([[0.1, 0.2, 0.3, 0.4, 0, 0, 0]], dtype=torch.float64)
+    q = torch.tensor([[0.4, 0.0, 0.1, 0.5, 0, 0, 0]], dtype=torch.float64)
+    d = (p - q)[0].tolist()
+    ref = sum(x * x for x in d[:4]) + 2.0 * (d[0] + d[1]) ** 2 + 3.0 * (d[2] + d[3]) ** 2
+    assert tree_emd(p, q, parents, lengths, rho=2.0).item() == pytest.approx(ref, abs=1e-15)
+    assert tree_emd(p, q, ClassTree(parents, lengths), rho=2.0).item() == pytest.approx(ref, abs=1e-15)
+
+
+@pytest.mark.parametrize("call, match", [
+    (lambda: ClassTree([-1, 0, 0], [0, 1, -2]), "edge length of node 2 must be a finite number >= 0"),
+    (lambda: ClassTree([-1, 0], [0, float("nan")]), "finite number >= 0"),
+    (lambda: ClassTree([-1, -1, 0]), "exactly one root"),
+    (lambda: ClassTree([-1, 2, 1]), "cycle"),
+    (lambda: ClassTree([-1, 7]), "out of range"),
+    (lambda: ClassTree([-1, 0], [1.0]), "differ in length"),
+    (lambda: ClassTree([]), "no nodes"),
+    (lambda: TreeEMDLoss([-1, 0, 0], rho=0.5), "rho must be a number >= 1"),
+])
+def test_class_tree_errors(call, match):
+    with pytest.raises(ConfigError, match=match):
+        call()
+
+
+@pytest.mark.parametrize("p, q, match", [
+    ([[0.5, 0.5, float("nan")]], [[0.5, 0.5, 0.0]], "p contains NaN"),
+    ([[0.5, 0.5, 0.0]], [[1.5, -0.5, 0.0]], "q has negative entries"),
+    ([[0.5, 0.5, 0.0]], [[0.5, 0.2, 0.0]], "equal mass per row; row 0"),
+    ([[0.5, 0.5]], [[0.5, 0.5]], r"shape \[B, 3\]"),
+])
+def test_tree_emd_rejects_bad_histograms(p, q, match):
+    with pytest.raises(EMDInputError, match=match):
+        tree_emd(torch.tensor(p, dtype=torch.float64), torch.tensor(q, dtype=torch.float64), [-1, 0, 0])
+
+
+def test_chain_emd_names_wrong_shapes():
+    x = torch.arange(4.0)[None]
+    a = torch.full((1, 4), 0.25)
+    with pytest.raises(EMDInputError, match=r"chain_emd: x must be a tensor \[B, M\]"):
+        emd.chain_emd(x[:, :, None], x, a, a)
+    with pytest.raises(EMDInputError, match="expected x, a"):
+        emd.chain_emd(x, x, a[:, :3], a)
+    # the chain is the tree [-1, 0, 1, 2] with unit edges: the same closed form
+    b = torch.tensor([[0.1, 0.2, 0.3, 0.4]])
+    for rho in (1.0, 2.0):
+        assert emd.chain_emd(x, x, a, b, rho=rho).item() == pytest.approx(
+            tree_emd(b, a, [-1, 0, 1, 2], rho=rho).item(), rel=1e-6)
+
+
+def test_tree_emd_loss_trains_and_reads_the_json_tree(tmp_path):
+    spec = {"nodes": ["root", "a", "b", "c1", "c2", "c3"], "parents": [-1, 0, 0, 1, 1, 2],
+            "lengths": [0, 1, 3, 1, 2, 1]}
+    path = tmp_path / "tree.json"
+    path.write_text(json.dumps(spec))
+    tree = ClassTree.from_json(str(path), ["c3", "c1", "c2"])
+    assert tree.nodes[:3] == ["c3", "c1", "c2"] and len(tree) == 6
+    D = tree.distances()
+    assert D[0, 1].item() == 1 + 3 + 1 + 1 and D[1, 2].item() == 3
+    logits = torch.zeros(6, 3, dtype=torch.float64, requires_grad=True)
+    labels = torch.tensor([0, 1, 2, 0, 1, 2])
+    loss = TreeEMDLoss(tree, rho=2.0)
+    opt = torch.optim.SGD([logits], lr=0.5)
+    first = loss(logits, labels).item()
+    for _ in range(50):
+        opt.zero_grad()
+        loss(logits, labels).backward()
+        opt.step()
+    assert loss(logits, labels).item() < 0.2 * first
+    with pytest.raises(ConfigError, match=r"classes \['zz'\] are not nodes"):
+        ClassTree.from_json(str(path), ["zz"])
+    (tmp_path / "bad.json").write_text("{not json")
+    with pytest.raises(ConfigError, match="expected a JSON class tree"):
+        ClassTree.from_json(str(tmp_path / "bad.json"))
+
+
+# ----------------------------------------------------------------------------- Sinkhorn engines
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_sinkhorn_kernel_engine_equals_log_domain_and_pot(dtype):
+    g = torch.Generator().manual_seed(4)
+    cost = torch.rand(5, 20, 30, generator=g, dtype=dtype)
+    a, b = torch.rand(5, 20, generator=g, dtype=dtype) + 0.1, torch.rand(5, 30, generator=g, dtype=dtype) + 0.1
+    a, b = a / a.sum(1, keepdim=True), b / b.sum(1, keepdim=True)
+    tol = 1e-10 if dtype == torch.float64 else 1e-5
+    kernel = emd.solve(cost, a, b, solver="sinkhorn", epsilon=0.05, tol=tol, max_iter=10_000)
+    log = emd.solve(cost, a, b, solver="sinkhorn", epsilon=0.05, tol=tol, max_iter=10_000, engine="log")
+    assert kernel.info["engine"] == "kernel" and log.info["engine"] == "log"
+    close = 1e-12 if dtype == torch.float64 else 1e-5
+    torch.testing.assert_close(kernel.value, log.value, rtol=close, atol=0)
+    torch.testing.assert_close(kernel.plan, log.plan, rtol=0, atol=close)
+    for i in range(5):
+        ref = ot.bregman.sinkhorn_log(a[i].double().numpy(), b[i].double().numpy(), cost[i].double().numpy(),
+                                      0.05, stopThr=1e-13, numItermax=100_000)
+        np.testing.assert_allclose(kernel.plan[i].double().numpy(), ref, atol=1e-9 if dtype == torch.float64 else 1e-5)
+    # a span beyond the dtype's range falls back to the log domain by itself
+    tiny = emd.solve(cost, a, b, solver="sinkhorn", epsilon=1e-3 if dtype == torch.float32 else 1e-4,
+                     tol=1e-2, max_iter=20_000)
+    assert tiny.info["engine"] == "log"
+
+
+def test_sinkhorn_shared_cost_unrolled_without_plan_matches_dense():
+    """A cost expanded over the batch (one kernel), the value without the plan and its unrolled
+    gradient, against the log domain on the materialised cost; zero-mass target bins."""
+    g = torch.Generator().manual_seed(5)
+    cost = torch.rand(12, 12, generator=g, dtype=torch.float64)
+    a = (torch.rand(6, 12, generator=g, dtype=torch.float64) + 0.1)
+    a = a / a.sum(1, keepdim=True)
+    b = torch.zeros(6, 12, dtype=torch.float64).scatter_(1, torch.arange(6)[:, None], 1.0)
+    b[:, 7] = 0.5
+    b = b / b.sum(1, keepdim=True)
+    grads = []
+    for shared, engine in ((True, "auto"), (False, "log")):
+        ag = a.clone().requires_grad_(True)
+        c = cost[None].expand(6, -1, -1) if shared else cost[None].repeat(6, 1, 1)
+        r = emd.solve(c, ag, b, solver="sinkhorn", epsilon=0.05, max_iter=50, tol=1e-12, gradient="unrolled",
+                      on_unconverged="ignore", engine=engine, return_plan=shared is False)
+        assert (r.plan is None) == shared
+        grads.append((r.value.detach(), torch.autograd.grad(r.value.sum(), ag)[0]))
+    torch.testing.assert_close(grads[0][0], grads[1][0], rtol=1e-12, atol=0)
+    torch.testing.assert_close(grads[0][1], grads[1][1], rtol=1e-9, atol=1e-12)
+
+
+def test_sinkhorn_bad_init_is_a_project_error():
+    cost = torch.rand(2, 3, 3, dtype=torch.float64)
+    a = torch.full((2, 3), 1 / 3, dtype=torch.float64)
+    with pytest.raises(EMDInputError, match="init must have shapes"):
+        emd.solve(cost, a, a, solver="sinkhorn", init=(torch.zeros(2, 4), torch.zeros(2, 3)))
+
+
+# ----------------------------------------------------------------------------- experiment scripts
+
+def test_small_data_script_runs_every_loss_on_generated_images(tmp_path):
+    root = make_csv_layout(str(tmp_path / "mini"), splits=(("train", 3), ("val", 2)), per_class=6)
+    classes = [f"ntrain{c:04d}" for c in range(3)] + [f"nval{c:04d}" for c in range(2)]
+    tree = tmp_path / "tree.json"
+    tree.write_text(json.dumps({"nodes": ["root", "left", "right"] + classes,
+                                "parents": [-1, 0, 0, 1, 1, 1, 2, 2], "lengths": [0, 2, 2, 1, 1, 1, 1, 1]}))
+    out = tmp_path / "out"
+    cmd = [sys.executable, os.path.join(ROOT, "scripts", "hierarchy_small_data.py"), "--data-root", root,
+           "--tree", str(tree), "--per-class", "2", "3", "--epochs", "1", "--test-per-class", "2",
+           "--seeds", "0", "--image-size", "16", "--batch", "4", "--out", str(out)]
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    runs = json.load(open(out / "runs.json"))
+    assert sorted((r["per_class"], r["loss"]) for r in runs) == sorted(
+        (n, loss) for n in (2, 3) for loss in ("ce", "emd2", "ce+emd2", "ce+sd"))
+    for r in runs:
+        assert 0 <= r["final"]["top1_error"] <= 100 and r["final"]["holistic"] >= 0
+    assert (out / "curves.png").stat().st_size > 0 and "| 3 | ce+sd | 1 |" in (out / "table.md").read_text()
+    bad = subprocess.run(cmd[:-2] + ["--test-per-class", "50", "--out", str(tmp_path / "o2")],
+                         capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and "fewer than" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_chain_regression_script_runs_every_loss(tmp_path):
+    run = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "chain_regression.py"), "--length", "16",
+                          "--train", "64", "--test", "16", "--hidden", "8", "--steps", "4", "--eval-every", "2",
+                          "--sd-iterations", "5", "--seeds", "0", "--out", str(tmp_path)],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    result = json.load(open(tmp_path / "chain.json"))
+    assert [r["loss"] for r in result["runs"]] == ["mse", "sd", "emd", "emd2"]
+    assert all(len(r["curve"]) == 3 for r in result["runs"]) and (tmp_path / "chain.png").is_file()
