@@ -27,6 +27,7 @@ import os
 import warnings
 from typing import Optional, Sequence, Union
 
+import numpy as np
 import torch
 import torch.nn as nn
 
@@ -81,6 +82,9 @@ class ClassTree:
             for w in reversed(path):
                 anc[w] = [w] + anc[parents[w]]
         self.parents, self.nodes, self.root = parents, (list(nodes) if nodes is not None else None), roots[0]
+        # for the compiled kernel: the nodes parents first, and each node's parent (root: itself)
+        self._order = np.array(sorted(range(K), key=lambda v: len(anc[v])), dtype=np.int64)
+        self._parent = np.array([p if p >= 0 else v for v, p in enumerate(parents)], dtype=np.int64)
         self.lengths = torch.tensor(lengths, dtype=torch.float64)
         self.lengths[self.root] = 0.0
         rows = torch.tensor([u for u in range(K) for _ in anc[u]])
@@ -175,23 +179,40 @@ def _powers(S: torch.Tensor, rho: float):
 
 class _TreeEMD(torch.autograd.Function):
     """value [B] = sum_v length_v |S_v|^rho with the closed-form dirt-conserving gradient.
-    Works node-major ([K, B]: the products with the sparse ancestor matrix read rows)."""
+
+    ``compiled``: row by row in :mod:`._tree_kernel` (CPU, float32/float64); else node-major
+    ([K, B]: the products with the sparse ancestor matrix read rows), on any device."""
 
     @staticmethod
-    def forward(ctx, p, q, tree, lengths, rho):
+    def forward(ctx, p, q, tree, lengths, rho, compiled):
+        ctx.tree, ctx.compiled = tree, compiled
+        if compiled:
+            from . import _tree_kernel
+            value = p.new_empty(p.shape[0])
+            weights = torch.empty_like(p, memory_format=torch.contiguous_format)
+            _tree_kernel.forward(p.detach().contiguous().numpy(), q.detach().contiguous().numpy(),
+                                 tree._order, tree._parent, lengths.numpy(), rho, value.numpy(), weights.numpy())
+            ctx.save_for_backward(weights)
+            return value
         S = tree._matrix(True, p) @ (p - q).t().contiguous()          # [K, B] subtree sums
         value, slope = _powers(S, rho)
-        ctx.save_for_backward(slope, lengths)
-        ctx.tree = tree
+        ctx.save_for_backward(lengths[:, None] * slope)
         return lengths @ value
 
     @staticmethod
     def backward(ctx, grad_value):
-        slope, lengths = ctx.saved_tensors
-        g = ctx.tree._matrix(False, slope) @ (lengths[:, None] * slope)  # [K, B] path sums
-        g = ((g - g.mean(0, keepdim=True)) * grad_value).t()
+        weights, = ctx.saved_tensors
+        if ctx.compiled:
+            from . import _tree_kernel
+            g = torch.empty_like(weights)
+            _tree_kernel.backward(weights.numpy(), ctx.tree._order, ctx.tree._parent,
+                                  grad_value.detach().to(weights.dtype).contiguous().numpy(), g.numpy())
+        else:
+            g = ctx.tree._matrix(False, weights) @ weights                # [K, B] path sums
+            mean = g.mean(0, keepdim=True, dtype=torch.float64).to(g.dtype)   # accumulated in float64
+            g = ((g - mean) * grad_value).t()
         return (g if ctx.needs_input_grad[0] else None, -g if ctx.needs_input_grad[1] else None,
-                None, None, None)
+                None, None, None, None)
 
 
 def _as_tree(tree: Union[ClassTree, Sequence[int]], lengths) -> ClassTree:
@@ -206,9 +227,12 @@ def _as_tree(tree: Union[ClassTree, Sequence[int]], lengths) -> ClassTree:
 
 def tree_emd(p: torch.Tensor, q: torch.Tensor, tree: Union[ClassTree, Sequence[int]],
              lengths: Optional[Union[torch.Tensor, Sequence[float]]] = None,
-             rho: float = 2.0) -> torch.Tensor:
+             rho: float = 2.0, compiled: Optional[bool] = None) -> torch.Tensor:
     """EMD^rho [B] between histograms p, q [B, K] (non-negative, equal mass per row) on
     ``tree`` (a :class:`ClassTree`, or a parent list [K] with edge ``lengths`` [K]).
+
+    ``compiled``: None (default) runs the compiled kernel for float32/float64 tensors on the
+    CPU and the sparse products otherwise; True or False chooses (the same numbers to rounding).
 
     Raises EMDInputError for mismatched shapes, NaN/inf or negative entries and unequal
     masses; see the module docstring for the formula and its gradient."""
@@ -236,8 +260,15 @@ def tree_emd(p: torch.Tensor, q: torch.Tensor, tree: Union[ClassTree, Sequence[i
             i = int(gap.nonzero()[0])
             raise EMDInputError(f"tree_emd: p and q must have equal mass per row; row {i} has "
                                 f"sum(p) = {float(sp[i]):.8g}, sum(q) = {float(sq[i]):.8g}")
-    q = q.to(p.dtype)
-    return _TreeEMD.apply(p, q, tree, tree.lengths.to(p.device, p.dtype), float(rho))
+    kernel_ok = p.device.type == "cpu" and p.dtype in (torch.float32, torch.float64)
+    if compiled and not kernel_ok:
+        raise EMDInputError(f"tree_emd: compiled=True needs float32/float64 tensors on the CPU, got "
+                            f"{p.dtype} on {p.device}")
+    compiled = kernel_ok if compiled is None else bool(compiled)
+    work = p if p.dtype in (torch.float32, torch.float64) else p.float()   # half types: in float32
+    value = _TreeEMD.apply(work, q.to(work.dtype), tree, tree.lengths.to(p.device, work.dtype), float(rho),
+                           compiled)
+    return value.to(p.dtype)
 
 
 class TreeEMDLoss(nn.Module):
