@@ -18,6 +18,15 @@ DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__
                               "configs", "default.yaml")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse whose errors (``--stage bogus``, ``--way three``) are the one-line form of every
+    other bad input (``error: train.py: argument --way: invalid int value: 'three'``, exit 2)
+    instead of a usage block; ``--help`` is unchanged."""
+
+    def error(self, message: str):
+        raise FewShotError(f"{self.prog}: {message} (see {self.prog} --help)")
+
+
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-root", help="dataset root (data.root)")
     parser.add_argument("--dataset", help="dataset layout (data.name), e.g. cub_official: with "
@@ -84,7 +93,7 @@ def _run(main, argv: Optional[List[str]]) -> int:
 
 
 def _train(argv: Optional[List[str]]) -> int:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="train.py", description="Train a few-shot classifier (pretrain and/or meta stage).")
     parser.add_argument("--config", default=DEFAULT_CONFIG, help="YAML config (default: %(default)s)")
     parser.add_argument("--stage", choices=["pretrain", "meta", "both"], help="stage(s) to run")
@@ -119,7 +128,7 @@ def _train(argv: Optional[List[str]]) -> int:
 
 
 def _eval(argv: Optional[List[str]]) -> int:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="eval.py", description="Evaluate a checkpoint on fixed few-shot episodes.")
     parser.add_argument("--checkpoint", required=True, help="a best.pt / last.pt written by train.py")
     parser.add_argument("--episodes", type=int, help="number of episodes (default 5000 for 1-shot, 600 otherwise)")
@@ -175,7 +184,7 @@ def _eval(argv: Optional[List[str]]) -> int:
 
 
 def _visualize(argv: Optional[List[str]]) -> int:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="visualize.py", description="Draw what a DeepEMD checkpoint matched in one episode.")
     parser.add_argument("--checkpoint", required=True, help="a DeepEMD best.pt / last.pt")
     parser.add_argument("--episode", type=int, default=0, help="episode index (default 0)")
@@ -190,6 +199,14 @@ def _visualize(argv: Optional[List[str]]) -> int:
     parser.add_argument("--out", required=True, help="PNG path")
     _common(parser)
     args = _parse(parser, argv)
+    if args.top_flows < 0:
+        parser.error(f"argument --top-flows: expected a count >= 0, got {args.top_flows}")
+    from matplotlib.figure import Figure
+    kinds = Figure().canvas.get_supported_filetypes()
+    ext = os.path.splitext(args.out)[1].lower().lstrip(".")
+    if ext not in kinds:
+        parser.error(f"argument --out: {args.out!r} is not a picture file matplotlib writes; end it in "
+                     f"{', '.join('.' + k for k in sorted(kinds))}")
     from .engine import episode_sampler, load_trained
     from .models import DeepEMD
     from .viz import draw, explain_episode

@@ -133,20 +133,45 @@ class Config:
 
 # ----------------------------------------------------------------------------- loading
 
-def _read_yaml(path: str) -> Dict[str, Any]:
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """safe_load that refuses a key given twice in one mapping (YAML would keep the last)."""
+
+
+def _mapping_without_duplicates(loader, node, deep=False):
+    seen = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"key {key!r} is given twice in one mapping (the first would be "
+                            f"silently replaced)", key_node.start_mark)
+        seen.add(key)
+    return loader.construct_mapping(node, deep=deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping_without_duplicates)
+
+
+def _read_yaml(path: str, chain: tuple = ()) -> Dict[str, Any]:
     if not os.path.isfile(path):
         raise ConfigError(f"config file {path!r} does not exist")
+    real = os.path.realpath(path)
+    if real in chain:
+        raise ConfigError(f"config file {path!r}: its 'base:' chain comes back to itself "
+                          f"({' -> '.join(os.path.basename(p) for p in chain + (real,))})")
     try:
-        with open(path) as f:
-            data = yaml.safe_load(f) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"config file {path!r} is not valid YAML: {e}") from None
+        with open(path, encoding="utf-8-sig") as f:
+            data = yaml.load(f, Loader=_UniqueKeyLoader) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise ConfigError(f"config file {path!r} is not valid YAML: {' '.join(str(e).split())}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path!r} must hold a mapping at top level")
     base = data.pop("base", None)
     if base is not None:
+        if not isinstance(base, str) or not base:
+            raise ConfigError(f"config file {path!r}: 'base' must be one file name (a string), got {base!r}")
         base_path = os.path.join(os.path.dirname(path), base)
-        data = merge(_read_yaml(base_path), data)
+        data = merge(_read_yaml(base_path, chain + (real,)), data)
     return data
 
 
@@ -313,6 +338,11 @@ def check(config: Config) -> None:
         value = getattr(getattr(config, section), name)
         if not (value > low if exclusive else value >= low):
             raise ConfigError(f"{key}: expected {'>' if exclusive else '>='} {low}, got {value}")
+    for key in ("run.seed", "eval.seed"):
+        section, name = key.split(".")
+        value = getattr(getattr(config, section), name)
+        if not 0 <= value < 2 ** 31:
+            raise ConfigError(f"{key}: expected a seed in 0 .. 2**31 - 1, got {value}")
     for name in ("pretrain", "meta"):
         if not getattr(config, name).momentum < 1:
             raise ConfigError(f"{name}.momentum: expected < 1, got {getattr(config, name).momentum}")
