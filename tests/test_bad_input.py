@@ -318,3 +318,89 @@ def test_built_solver_declares_what_it_needs_and_how_it_differentiates():
     with pytest.raises(emd.EMDInputError, match="does not warm-start"):
         emd.make_solver("qpth")(torch.rand(1, 2, 2), torch.ones(1, 2), torch.ones(1, 2),
                                 init=(torch.zeros(1, 2), torch.zeros(1, 2)))
+
+
+# ------------------------------------------------------------------ config files, flags, images, half types
+@pytest.mark.parametrize("files, culprit", [
+    ({"c.yaml": "meta:\n  lr: 0.1\nmeta:\n  epochs: 2\n"}, "key 'meta' is given twice"),
+    ({"c.yaml": "meta:\n  lr: 0.1\n  lr: 0.2\n"}, "key 'lr' is given twice"),
+    ({"c.yaml": "base: d.yaml\n", "d.yaml": "base: c.yaml\n"}, "comes back to itself (c.yaml -> d.yaml -> c.yaml)"),
+    ({"c.yaml": "base: c.yaml\n"}, "comes back to itself"),
+    ({"c.yaml": "base: [d.yaml]\n", "d.yaml": "meta: {}\n"}, "'base' must be one file name"),
+])
+def test_config_file_mistakes_are_one_line(tmp_path, capfd, files, culprit):
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    code = train_main(["--config", str(tmp_path / "c.yaml"), "--out", str(tmp_path / "run")])
+    _expect_one_line(capfd, code, culprit)
+    assert not os.path.exists(tmp_path / "run")
+
+
+def test_config_with_a_utf8_bom_loads(tmp_path):
+    from fewshot.config import load_config
+    (tmp_path / "c.yaml").write_bytes("\ufeffmeta:\n  lr: 0.25\n".encode("utf-8"))
+    assert load_config(str(tmp_path / "c.yaml")).meta.lr == 0.25
+
+
+@pytest.mark.parametrize("main, args, culprit", [
+    (train_main, ["--stage", "bogus"], "argument --stage: invalid choice: 'bogus'"),
+    (train_main, ["--way", "three"], "argument --way: invalid int value: 'three'"),
+    (train_main, ["--seed", str(2 ** 40)], "run.seed: expected a seed in 0 .. 2**31 - 1"),
+    (train_main, ["--seed", "-1"], "run.seed"),
+    (eval_main, ["--checkpoint", "x.pt", "--episodes", "ten"], "argument --episodes: invalid int value"),
+    (eval_main, [], "the following arguments are required: --checkpoint"),
+])
+def test_flag_mistakes_are_one_line_not_a_usage_block(world, tmp_path, capfd, main, args, culprit):
+    extra = ["--data-root", world["data"], "--out", str(tmp_path / "run")] if main is train_main else []
+    code = main([*args, *extra])
+    _expect_one_line(capfd, code, culprit)
+    assert not os.path.exists(tmp_path / "run")
+
+
+@pytest.mark.parametrize("args, culprit", [
+    (["--out", "fig.txt"], "--out: 'fig.txt' is not a picture file"),
+    (["--out", "fig.png", "--top-flows", "-1"], "--top-flows: expected a count >= 0"),
+])
+def test_visualize_checks_its_output_before_any_work(world, tmp_path, capfd, args, culprit):
+    from fewshot.cli import visualize_main
+    code = visualize_main(["--checkpoint", world["deepemd"], "--data-root", world["data"], "--split", "test",
+                           *[str(tmp_path / a) if a.startswith("fig") else a for a in args]])
+    _expect_one_line(capfd, code, culprit)
+    assert not list(tmp_path.iterdir())
+
+
+def test_sixteen_bit_png_keeps_its_values_and_a_bomb_is_refused(tmp_path, monkeypatch):
+    import numpy as np
+    from PIL import Image
+    from fewshot.data._image import load_image
+    from fewshot.errors import DataError
+    ramp = (np.arange(32 * 32).reshape(32, 32) * 64).astype(np.uint16)     # 0 .. 65472
+    Image.fromarray(ramp).save(tmp_path / "deep.png")
+    assert Image.open(tmp_path / "deep.png").mode.startswith("I")
+    pixels = np.asarray(load_image(str(tmp_path / "deep.png")))
+    assert pixels.shape == (32, 32, 3) and pixels[0, 0, 0] == 0 and pixels[-1, -1, 0] == 255
+    np.testing.assert_allclose(pixels[..., 0], ramp.astype(float) * 255 / 65535, atol=0.5)   # not clipped to white
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)                   # PIL's public limit
+    with pytest.raises(DataError, match="too large to decode safely"):
+        load_image(str(tmp_path / "deep.png"))
+
+
+def test_split_csv_with_a_utf8_bom_is_read(tmp_path):
+    from fewshot.data.datasets import build_dataset
+    root = make_csv_layout(str(tmp_path / "mini"), per_class=3)
+    split = os.path.join(root, "split", "train.csv")
+    text = open(split).read()
+    open(split, "wb").write(("\ufeff" + text).encode("utf-8"))
+    assert len(build_dataset("miniimagenet", root, "train")) == 18
+
+
+def test_half_precision_problems():
+    g = torch.Generator().manual_seed(0)
+    cost = torch.rand(3, 5, 5, generator=g).half()
+    a = torch.full((3, 5), 0.2).half()
+    with pytest.raises(emd.EMDInputError, match="total mass 100000 overflows torch.float16"):
+        emd.solve(cost, a * 100000, a * 100000, solver="exact")
+    r = emd.solve(cost, a, a, solver="sinkhorn", epsilon=0.05)       # tol 1e-3: reached in float32
+    ref = emd.solve(cost.float(), a.float(), a.float(), solver="sinkhorn", epsilon=0.05)
+    assert r.value.dtype == torch.float16 and r.info["computed_in"] == "float32"
+    torch.testing.assert_close(r.value.float(), ref.value, rtol=1e-3, atol=0)

@@ -104,15 +104,32 @@ def _edit_line(path, index, text):
     open(path, "w").write("\n".join(lines) + "\n")
 
 
+def test_cub_boxes_that_overhang_are_clipped_and_counted(cub_official_root, caplog):
+    """Real CUB-200-2011 boxes overhang their image (by up to 6% of the side in 14 real
+    classes): clipped to the image, one line saying how many, the crop inside the image."""
+    boxes = os.path.join(cub_official_root, "bounding_boxes.txt")
+    _edit_line(boxes, 0, "1 15.0 3.0 10.0 8.0")          # 25% past the right border of 20 px
+    _edit_line(boxes, 1, "2 -1.0 -2.0 10.0 8.0")         # past the top-left corner
+    with caplog.at_level("WARNING"):
+        ds = build_dataset("cub_official", cub_official_root, "train", bounding_box=True)
+    assert [r.getMessage() for r in caplog.records if "clipped" in r.getMessage()] == [
+        f"{boxes}: 2 of {len(ds)} bounding boxes overhang their image and were clipped to it "
+        f"(the largest overhang: 25.0% of the image side)"]
+    first = [i for i, p in enumerate(ds.paths) if p.endswith("Bird_0_0000.jpg")][0]
+    assert ds.boxes[first] == (15.0, 3.0, 5.0, 8.0) and ds.image(first).size == (5, 8)
+    second = [i for i, p in enumerate(ds.paths) if p.endswith("Bird_0_0001.jpg")][0]
+    assert ds.boxes[second] == (0.0, 0.0, 9.0, 6.0)
+
+
 def test_cub_official_bad_release_is_reported(cub_official_root, write_json):
     folders = sorted(os.listdir(os.path.join(cub_official_root, "images")))
     spec = write_json("split.json", {"train": folders[:2] + ["999.Dodo"]})
     with pytest.raises(DataError, match=r"split\.json.*1 class\(es\) of split 'train' not found.*999\.Dodo"):
         build_dataset("cub_official", cub_official_root, "train", split_file=spec)
-    # a box that leaves its 20 x 20 image, named with the file and the image size
+    # a box outside its 20 x 20 image, named with the file and the image size; an empty box
     boxes = os.path.join(cub_official_root, "bounding_boxes.txt")
-    _edit_line(boxes, 0, "1 15.0 3.0 10.0 8.0")
-    with pytest.raises(DataError, match=r"bounding box .*15\.0.*Bird_0_0000\.jpg.*20 x 20 image"):
+    _edit_line(boxes, 0, "1 25.0 3.0 10.0 8.0")
+    with pytest.raises(DataError, match=r"bounding box .*25\.0.*Bird_0_0000\.jpg.*20 x 20 image"):
         build_dataset("cub_official", cub_official_root, "train", bounding_box=True)
     _edit_line(boxes, 0, "1 2.0 3.0 0.0 8.0")
     with pytest.raises(DataError, match="does not lie inside"):

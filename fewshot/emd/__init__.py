@@ -27,7 +27,7 @@ from ._chain import chain_emd, monotone_plan
 from ._learned import MatchingTransformer, learned_emd
 from ._problem import EMDInputError, EMDResult, EMDSolverError
 from ._solver import Option, Solver, SolverSpec, build, spec_from_signature
-from .hierarchy import TreeEMDLoss, tree_emd
+from .hierarchy import ClassTree, TreeEMDLoss, tree_emd
 
 SOLVERS = Registry("EMD solver")   # name -> SolverSpec
 for _name, _module in (("exact", _exact), ("qpth", _qpth), ("sinkhorn", _sinkhorn),
@@ -104,6 +104,6 @@ def solve(cost: torch.Tensor, a: torch.Tensor, b: torch.Tensor, solver: Union[st
 
 
 __all__ = ["solve", "solvers", "make_solver", "spec", "register_solver", "SOLVERS", "Solver", "SolverSpec",
-           "Option", "EMDResult", "EMDInputError", "EMDSolverError", "TreeEMDLoss", "tree_emd",
+           "Option", "EMDResult", "EMDInputError", "EMDSolverError", "ClassTree", "TreeEMDLoss", "tree_emd",
            "chain_emd", "monotone_plan", "needs_points", "warm_starts", "MatchingTransformer",
            "learned_emd"]

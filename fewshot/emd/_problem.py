@@ -66,13 +66,18 @@ def check_problem(cost: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
             low[name], high = (float(v) for v in torch.aminmax(t))     # NaN propagates to both
             if not (math.isfinite(low[name]) and math.isfinite(high)):
                 raise EMDInputError(f"{name} contains NaN or infinite values")
-        sa, sb = a.sum(-1), b.sum(-1)
+        sa, sb = a.sum(-1, dtype=torch.float64), b.sum(-1, dtype=torch.float64)   # no half overflow
+        limit = torch.finfo(a.dtype).max
+        for name, total in (("a", sa), ("b", sb)):
+            if float(total.max()) > limit:
+                raise EMDInputError(f"{name} has a row whose total mass {float(total.max()):.6g} overflows "
+                                    f"{a.dtype} (largest {limit:.6g}); rescale the weights or use float32")
         for name, t, total in (("a", a, sa), ("b", b, sb)):
             if low[name] < 0:
                 raise EMDInputError(f"{name} has negative entries; weights must be >= 0")
             if bool((total <= 0).any()):
                 raise EMDInputError(f"{name} has a row with zero total mass; every problem needs mass")
-        rtol = {torch.float64: 1e-6, torch.float32: 1e-4}.get(cost.dtype, 1e-2)
+        rtol = {torch.float64: 1e-6, torch.float32: 1e-4}.get(cost.dtype, 1e-2)     # half types: 1e-2
         if bool(((sa - sb).abs() > rtol * torch.maximum(sa, sb)).any()):
             worst = int(((sa - sb).abs() / torch.maximum(sa, sb)).argmax())
             raise EMDInputError(f"a and b must have equal total mass per problem; problem {worst} has "

@@ -238,6 +238,15 @@ def solve_sinkhorn(cost: torch.Tensor, a: torch.Tensor, b: torch.Tensor, epsilon
     with log-sum-exp; ``"log"`` always with log-sum-exp. ``info["engine"]`` says which ran.
     ``return_plan`` False: ``plan`` is None (with ``gradient="unrolled"`` and the kernel
     engine, no [B, M, N] tensor beyond the kernel is formed)."""
+    if cost.dtype in (torch.float16, torch.bfloat16):      # iterate in float32, answer in the input's dtype
+        half = cost.dtype
+        r = solve_sinkhorn(cost.float(), a.float(), b.float(), epsilon, max_iter, tol, epsilon_scaling,
+                           gradient, on_unconverged, engine, return_plan,
+                           None if init is None else tuple(t.float() for t in init))
+        f, g = r.potentials
+        return EMDResult(plan=None if r.plan is None else r.plan.to(half), value=r.value.to(half),
+                         potentials=(f.to(half), g.to(half)), solver="sinkhorn",
+                         info={**r.info, "computed_in": "float32"})
     B, M, N = cost.shape
     unrolled = gradient == "unrolled"
     c = cost if unrolled else cost.detach()
