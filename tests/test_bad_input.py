@@ -358,7 +358,7 @@ def test_flag_mistakes_are_one_line_not_a_usage_block(world, tmp_path, capfd, ma
 
 
 @pytest.mark.parametrize("args, culprit", [
-    (["--out", "fig.txt"], "--out: 'fig.txt' is not a picture file"),
+    (["--out", "fig.txt"], "fig.txt' is not a picture file matplotlib writes"),
     (["--out", "fig.png", "--top-flows", "-1"], "--top-flows: expected a count >= 0"),
 ])
 def test_visualize_checks_its_output_before_any_work(world, tmp_path, capfd, args, culprit):
