@@ -76,6 +76,17 @@ def _one_line(e: FewShotError) -> str:
     return " ".join(text.split("\n"))
 
 
+def _check_writable(flag: str, path: str) -> None:
+    """Refuse an output path that cannot be written, before any work is done."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        raise FewShotError(f"{flag} {path!r} is a folder; expected a file path")
+    while not os.path.exists(folder):           # created on writing: its nearest existing parent
+        folder = os.path.dirname(folder)
+    if not os.path.isdir(folder) or not os.access(folder, os.W_OK | os.X_OK):
+        raise FewShotError(f"{flag} {path!r}: cannot write into {folder!r}")
+
+
 def _run(main, argv: Optional[List[str]]) -> int:
     try:
         return main(argv)
@@ -153,10 +164,23 @@ def _eval(argv: Optional[List[str]]) -> int:
     sampler = episode_sampler(config, ev.split, e.n_way, e.n_shot, ev.n_query, ev.seed,
                               ev.episodes_file)
     n_way, n_shot = sampler.n_way, sampler.n_shot
+    if ev.episodes_file:              # the manifest fixes the episodes: a flag may not say otherwise
+        for flag, asked, fixed in (("--way", args.way, n_way), ("--shot", args.shot, n_shot),
+                                   ("--query", args.query, sampler.n_query)):
+            if asked is not None and asked != fixed:
+                raise FewShotError(f"{flag} {asked} contradicts --episodes-file {ev.episodes_file!r}, whose "
+                                   f"episodes are {n_way}-way {n_shot}-shot with {sampler.n_query} queries "
+                                   f"per class; drop {flag} or use another manifest")
     n_episodes = ev.episodes or (len(sampler) if ev.episodes_file else (5000 if n_shot == 1 else 600))
     if ev.episodes_file and n_episodes > len(sampler):
         raise FewShotError(f"--episodes {n_episodes} exceeds the {len(sampler)} episodes of "
                            f"{ev.episodes_file!r}")
+    path = args.result or os.path.join(
+        os.path.dirname(os.path.abspath(args.checkpoint)),
+        f"eval_{ev.split}_{n_way}way{n_shot}shot.json")
+    for flag, target in (("--result", path), ("--write-episodes", args.write_episodes)):
+        if target:
+            _check_writable(flag, target)
     print(f"evaluating {args.checkpoint}: {config.model.method}/{config.model.backbone}, "
           f"{n_way}-way {n_shot}-shot, {n_episodes} episodes of split {ev.split!r} on {device}")
     if config.run.channels_last:
@@ -171,9 +195,6 @@ def _eval(argv: Optional[List[str]]) -> int:
                    "episodes_file": ev.episodes_file, **info})
     print(f"{n_way}-way {n_shot}-shot accuracy: {format_result(result)}"
           + "".join(f", {k}={v}" for k, v in info.items()))
-    path = args.result or os.path.join(
-        os.path.dirname(os.path.abspath(args.checkpoint)),
-        f"eval_{ev.split}_{n_way}way{n_shot}shot.json")
     atomic_write_text(path, json.dumps(result, indent=1))
     print(f"result written to {path}")
     if args.write_episodes:

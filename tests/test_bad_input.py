@@ -207,6 +207,15 @@ EVAL_CASES = [
     ("checkpoint_without_config", lambda w: ["--checkpoint", _bad_checkpoint(w, "no_config")], "config"),
     ("checkpoint_nan_weights", lambda w: ["--checkpoint", _bad_checkpoint(w, "nan")], "NaN"),
     ("checkpoint_misshaped_weights", lambda w: ["--checkpoint", _bad_checkpoint(w, "shape")], "shape"),
+    ("shot_contradicts_manifest", lambda w: ["--episodes-file", _manifest(w, lambda d: None), "--shot", "5"],
+     "--shot 5 contradicts --episodes-file"),
+    ("way_contradicts_manifest", lambda w: ["--episodes-file", _manifest(w, lambda d: None), "--way", "2"],
+     "--way 2 contradicts"),
+    ("query_contradicts_manifest", lambda w: ["--episodes-file", _manifest(w, lambda d: None), "--query", "9"],
+     "--query 9 contradicts"),
+    ("write_episodes_under_a_file", lambda w: ["--write-episodes", str(w["base"] / "ok.json" / "m.json")],
+     "--write-episodes"),
+    ("result_is_a_folder", lambda w: ["--result", str(w["base"])], "is a folder"),
     ("eval_solver_option", lambda w: ["--checkpoint", w["deepemd"], "model.options.eval_solver=sinkhorn",
                                       "model.options.eval_solver_options.tol=0"],
      "model.options.eval_solver_options.tol"),
@@ -220,10 +229,13 @@ def test_eval_bad_input(world, tmp_path, capfd, case):
     if "--checkpoint" not in args:
         args = ["--checkpoint", world["protonet"], *args]
     result = str(tmp_path / "result.json")
+    if "--result" in args:
+        result = args[args.index("--result") + 1]
+        args = args[:args.index("--result")] + args[args.index("--result") + 2:]
     capfd.readouterr()
     code = eval_main([*args, "--data-root", world["data"], "--split", "test", "--result", result])
     _expect_one_line(capfd, code, culprit)
-    assert not os.path.exists(result)
+    assert not os.path.isfile(result)
 
 
 @pytest.mark.parametrize("script,args,culprit", [
