@@ -132,7 +132,13 @@ TRAIN_CASES = [  # (id, extra arguments (callable of world), culprit in the mess
     ("resume_text", lambda w: ["--resume", _bad_checkpoint(w, "text")], "not a file written by torch.save"),
     ("resume_other_backbone", lambda w: ["model.backbone=resnet12", "model.backbone_options=null",
                                          "--resume", w["protonet"].replace("best", "last")],
-     "do not fit"),
+     "model.backbone: checkpoint 'conv4', this run 'resnet12'"),
+    ("resume_other_method", lambda w: ["model.method=deepemd", "--resume", w["protonet"].replace("best", "last")],
+     "model.method: checkpoint 'protonet', this run 'deepemd'"),
+    ("resume_other_way", lambda w: ["--way", "4", "--resume", w["protonet"].replace("best", "last")],
+     "episode.n_way: checkpoint 3, this run 4"),
+    ("resume_other_lr", lambda w: ["meta.lr=0.5", "--resume", w["protonet"].replace("best", "last")],
+     "meta.lr"),
 ]
 
 

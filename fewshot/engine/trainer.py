@@ -230,6 +230,11 @@ class _Stage:
                    if k not in state]
         if missing:
             raise FewShotError(f"--resume {path!r}: not a training checkpoint (no {', '.join(missing)})")
+        differences = _config_differences(state.get("config") or {}, self.config.to_dict(), self.name)
+        if differences:
+            raise FewShotError(f"--resume {path!r}: the checkpoint was trained with other settings "
+                               f"({'; '.join(differences[:4])}{'; ...' if len(differences) > 4 else ''}); "
+                               f"resume with the same settings, or train into a new --out")
         load_weights(self.model, state["model"], f"--resume {path!r}")
         for k, v in self.extra.items():
             load_weights(v, state["extra"].get(k, {}), f"--resume {path!r} ({k})")
@@ -391,6 +396,32 @@ def _prepare(config: Config, name: str) -> Tuple[str, torch.device, FewShotClass
         save_config(config, os.path.join(config.run.out, "config.yaml"))
         save_config(config, os.path.join(folder, "config.yaml"))
     return folder, device, model.to(device)
+
+
+# keys a resumed stage may change: where things are and how the run is watched, not what it computes
+_RESUMABLE = {"data.root", "data.workers", "data.cache_images", "run.device", "run.out", "run.stage",
+              "run.max_steps", "run.log_every", "run.checkpoint_every", "run.progress", "meta.pretrained",
+              "eval.episodes", "eval.split", "eval.episodes_file"}
+
+
+def _config_differences(saved: Dict, current: Dict, stage: str) -> List[str]:
+    """'key: checkpoint X, this run Y' for every key of the two configs (nested dicts) that a
+    resumed ``stage`` must keep; the other stage's section and keys the checkpoint lacks (older
+    configs) are not compared."""
+    other = "meta" if stage == "pretrain" else "pretrain"
+    out: List[str] = []
+
+    def walk(a, b, prefix):
+        for key in sorted(set(a) & set(b)):
+            name = f"{prefix}{key}"
+            if name in _RESUMABLE or name.split(".")[0] == other:
+                continue
+            if isinstance(a[key], dict) and isinstance(b[key], dict) and name.count(".") == 0:
+                walk(a[key], b[key], name + ".")
+            elif a[key] != b[key]:
+                out.append(f"{name}: checkpoint {a[key]!r}, this run {b[key]!r}")
+    walk(saved, current, "")
+    return out
 
 
 def _resume_path(folder: str, resume: Optional[str]) -> Optional[str]:
