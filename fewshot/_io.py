@@ -95,3 +95,43 @@ def load_checkpoint(path: str, map_location: Any = "cpu") -> Dict[str, Any]:
         if isinstance(value, torch.Tensor) and value.is_floating_point() and not bool(torch.isfinite(value).all()):
             raise FewShotError(f"checkpoint {path!r}: weight {key!r} contains NaN or infinite values")
     return state
+
+
+_LOCKS: Dict[str, Any] = {}   # real path of a run folder -> the open lock file this process holds
+
+
+def lock_folder(folder: str) -> None:
+    """Hold an exclusive lock on ``folder`` (its ``.lock`` file) until :func:`release_folders`:
+    a second run writing into the same folder is refused (FewShotError naming the folder and the
+    other process) instead of interleaving its checkpoints and logs or deleting the other's
+    temporaries. The lock dies with the process, so a killed run can be resumed at once. No-op
+    where ``fcntl`` is missing (Windows)."""
+    try:
+        import fcntl
+    except ImportError:                      # pragma: no cover
+        return
+    key = os.path.realpath(folder)
+    if key in _LOCKS:
+        return
+    os.makedirs(folder, exist_ok=True)
+    f = open(os.path.join(folder, ".lock"), "a+")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        f.seek(0)
+        other = f.read().strip() or "unknown"
+        f.close()
+        raise FewShotError(f"--out {folder!r} is in use by another run (process {other}); wait for it to "
+                           f"finish or train into another --out") from None
+    f.seek(0)
+    f.truncate()
+    f.write(str(os.getpid()))
+    f.flush()
+    _LOCKS[key] = f
+
+
+def release_folders() -> None:
+    """Release every folder lock this process holds."""
+    while _LOCKS:
+        _, f = _LOCKS.popitem()
+        f.close()

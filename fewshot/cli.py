@@ -88,6 +88,7 @@ def _check_writable(flag: str, path: str) -> None:
 
 
 def _run(main, argv: Optional[List[str]]) -> int:
+    from ._io import release_folders
     try:
         return main(argv)
     except FewShotError as e:
@@ -101,6 +102,8 @@ def _run(main, argv: Optional[List[str]]) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    finally:
+        release_folders()
 
 
 def _train(argv: Optional[List[str]]) -> int:

@@ -422,3 +422,22 @@ def test_half_precision_problems():
     ref = emd.solve(cost.float(), a.float(), a.float(), solver="sinkhorn", epsilon=0.05)
     assert r.value.dtype == torch.float16 and r.info["computed_in"] == "float32"
     torch.testing.assert_close(r.value.float(), ref.value, rtol=1e-3, atol=0)
+
+
+def test_a_second_run_into_the_same_out_is_refused(world, tmp_path, capfd):
+    """While one run holds --out, another is refused before it reads or writes anything there;
+    once the holder dies (kill -9), the folder is free again."""
+    out = str(tmp_path / "run")
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from fewshot._io import lock_folder; "
+                               "lock_folder(sys.argv[1]); print('held', flush=True); time.sleep(120)", out],
+                              stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        open(os.path.join(out, ".half.pt.x.tmp"), "w").close()            # the other run's temporary
+        code = train_main(_train_args(world["data"], out, "--max-steps", "1"))
+        _expect_one_line(capfd, code, f"--out {out!r} is in use by another run (process {holder.pid})")
+        assert os.path.exists(os.path.join(out, ".half.pt.x.tmp")) and not os.path.exists(os.path.join(out, "meta"))
+    finally:
+        holder.kill()
+        holder.wait()
+    assert train_main(_train_args(world["data"], out, "--max-steps", "1")) == 0

@@ -27,6 +27,7 @@ from ..emd.hierarchy import load_class_tree
 from ..errors import ConfigError, FewShotError
 from ..models import CosineClassifier, FewShotClassifier, create_model
 from . import _distributed as ddp
+from .._io import lock_folder
 from .checkpoint import load_checkpoint, remove_stale_temporaries, save_checkpoint
 from .evaluate import evaluate, format_result
 
@@ -389,6 +390,7 @@ def _prepare(config: Config, name: str) -> Tuple[str, torch.device, FewShotClass
     folder = os.path.join(config.run.out, name)
     device = ddp.setup(resolve_device(config.run.device))
     if ddp.is_main():
+        lock_folder(config.run.out)              # before anything in it is read, removed or written
         os.makedirs(folder, exist_ok=True)
         stale = remove_stale_temporaries(folder)
         if stale:
