@@ -41,8 +41,14 @@ class Registry:
     def create(self, name: str, where: str = "", **kwargs: Any) -> Any:
         """Build ``name`` with ``kwargs``; unknown keyword arguments are a ConfigError."""
         fn = self.get(name)
-        check_kwargs(fn, kwargs, where or f"{self.kind} {name!r}")
-        return fn(**kwargs)
+        where = where or f"{self.kind} {name!r}"
+        check_kwargs(fn, kwargs, where)
+        try:
+            return fn(**kwargs)
+        except ValueError as e:          # a constructor's own check of an option's value
+            if isinstance(e, ConfigError):
+                raise
+            raise ConfigError(f"{where}: {e}") from None
 
     def __contains__(self, name: str) -> bool:
         return name in self._entries

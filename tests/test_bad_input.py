@@ -88,6 +88,18 @@ def _class_tree(world, lengths):
 
 
 TRAIN_CASES = [  # (id, extra arguments (callable of world), culprit in the message)
+    ("backbone_width_negative", lambda w: ["model.backbone_options.hidden=-4"], "hidden must be an integer >= 1"),
+    ("backbone_pools_more_blocks_than_it_has", lambda w: ["model.backbone_options.pool_blocks=9"],
+     "pool_blocks must be in [0, num_blocks=4]"),
+    ("backbone_too_deep_for_the_images", lambda w: ["model.backbone_options.num_blocks=6",
+                                                    "model.backbone_options.pool_blocks=6"],
+     "cannot take 3 x 16 x 16 images"),
+    ("backbone_in_channels_mismatch", lambda w: ["model.backbone_options.in_channels=1"],
+     "cannot take 3 x 16 x 16 images"),
+    ("resnet12_channels_empty", lambda w: ["model.backbone=resnet12", "model.backbone_options=null",
+                                           "model.backbone_options.channels=[]"], "channels must be a list"),
+    ("pyramid_level_zero", lambda w: ["model.method=deepemd", "model.options.pyramid=[0]"],
+     "model.options.pyramid: expected grid sizes >= 1"),
     ("class_tree_without_weight", lambda w: ["pretrain.class_tree=" + _class_tree(w, [0] + [1] * 6)],
      "pretrain.emd_loss_weight is 0"),
     ("emd_loss_weight_without_tree", lambda w: ["pretrain.emd_loss_weight=0.5"], "needs pretrain.class_tree"),

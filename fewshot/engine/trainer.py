@@ -170,8 +170,30 @@ def load_weights(module: nn.Module, state: Dict, what: str) -> None:
 
 
 def build_model(config: Config) -> FewShotClassifier:
+    """The model of ``config``, checked against the images it will see: a backbone that cannot
+    take data.image_size images of the transform's channels, or that leaves no feature map, is a
+    ConfigError naming the keys (before any output is written)."""
     m = config.model
-    return create_model(m.method, m.backbone, m.backbone_options, m.options)
+    model = create_model(m.method, m.backbone, m.backbone_options, m.options)
+    channels = 1 if config.data.transform == "grayscale" else 3
+    size = config.data.image_size
+    probe = torch.zeros(1, channels, size, size)
+    was_training = model.training
+    try:
+        with torch.no_grad():
+            model.eval()
+            fmap = model.backbone.forward_features(probe)
+    except RuntimeError as e:
+        raise ConfigError(f"model.backbone_options {m.backbone_options!r}: this {m.backbone} cannot take "
+                          f"{channels} x {size} x {size} images (data.image_size, data.transform "
+                          f"{config.data.transform!r}): {_first_line(e)}") from None
+    finally:
+        model.train(was_training)
+    if fmap.dim() != 4 or min(fmap.shape[2:]) < 1:
+        raise ConfigError(f"model.backbone_options {m.backbone_options!r}: this {m.backbone} leaves no "
+                          f"feature map of {size} x {size} images (shape {tuple(fmap.shape)}); use fewer "
+                          f"pooling blocks or a larger data.image_size")
+    return model
 
 
 def load_trained(path: str, overrides=(), device: str = "") -> Tuple[Config, FewShotClassifier]:

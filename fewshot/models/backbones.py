@@ -25,6 +25,12 @@ def create_backbone(name: str, **options) -> "Backbone":
     return BACKBONES.create(name, where=f"model.backbone_options for backbone {name!r}", **options)
 
 
+def _positive(**values) -> None:
+    for name, v in values.items():
+        if not (isinstance(v, int) and not isinstance(v, bool) and v >= 1):
+            raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
+
+
 class Backbone(nn.Module):
     num_channels: int
 
@@ -47,9 +53,10 @@ class Conv4(Backbone):
     def __init__(self, in_channels: int = 3, hidden: int = 64, num_blocks: int = 4,
                  pool_blocks: Optional[int] = None):
         super().__init__()
+        _positive(in_channels=in_channels, hidden=hidden, num_blocks=num_blocks)
         pool_blocks = num_blocks if pool_blocks is None else pool_blocks
         if not 0 <= pool_blocks <= num_blocks:
-            raise ValueError(f"conv4: pool_blocks must be in [0, num_blocks={num_blocks}], "
+            raise ValueError(f"pool_blocks must be in [0, num_blocks={num_blocks}], "
                              f"got {pool_blocks}")
         layers = []
         for i in range(num_blocks):
@@ -124,6 +131,12 @@ class ResNet12(Backbone):
     def __init__(self, in_channels: int = 3, channels: tuple = (64, 160, 320, 640),
                  drop_rate: float = 0.1, dropblock_size: int = 5, dropblock_steps: int = 40000):
         super().__init__()
+        _positive(in_channels=in_channels, dropblock_size=dropblock_size, dropblock_steps=dropblock_steps)
+        if not (isinstance(channels, (list, tuple)) and channels
+                and all(isinstance(c, int) and not isinstance(c, bool) and c >= 1 for c in channels)):
+            raise ValueError(f"channels must be a list of widths >= 1, got {channels!r}")
+        if not 0 <= drop_rate < 1:
+            raise ValueError(f"drop_rate must be in [0, 1), got {drop_rate!r}")
         blocks, inplanes = [], in_channels
         for i, planes in enumerate(channels):
             blocks.append(_ResBlock(inplanes, planes, drop_rate, drop_block=i >= 2,

@@ -485,6 +485,12 @@ class DeepEMD(FewShotClassifier):
         super().__init__(backbone)
         if patch not in PATCHES:
             raise ConfigError(f"model.options.patch must be one of {PATCHES}, got {patch!r}")
+        for key, sizes in (("pyramid", pyramid), ("grid", grid)):
+            if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in sizes):
+                raise ConfigError(f"model.options.{key}: expected grid sizes >= 1 (e.g. [2, 1]), got {list(sizes)}")
+        for key, v in (("num_patch", num_patch), ("patch_size", patch_size)):
+            if not (isinstance(v, int) and v >= 1):
+                raise ConfigError(f"model.options.{key}: expected an integer >= 1, got {v!r}")
         self.patch, self.pyramid, self.grid = patch, tuple(pyramid), tuple(grid)
         self.context_train, self.context_test = tuple(context_train), float(context_test)
         self.num_patch, self.patch_size = num_patch, patch_size
