@@ -76,6 +76,25 @@ def _one_line(e: FewShotError) -> str:
     return " ".join(text.split("\n"))
 
 
+def _result_path(checkpoint: str, config, info: dict, n_way: int, n_shot: int, n_episodes: int) -> str:
+    """The default result file beside the checkpoint, named by what it measured (dataset, split,
+    way/shot, method and solver, episodes, seed or manifest); an existing file is never replaced
+    (``_2``, ``_3``, ... are appended)."""
+    ev = config.eval
+    method = config.model.method + (f"-{info['eval_solver']}" if "eval_solver" in info else "")
+    normalize = (config.model.options or {}).get("normalize")
+    method += f"-{normalize}" if normalize else ""
+    episodes = (f"{os.path.splitext(os.path.basename(ev.episodes_file))[0]}" if ev.episodes_file
+                else f"seed{ev.seed}")
+    stem = os.path.join(os.path.dirname(os.path.abspath(checkpoint)),
+                        f"eval_{config.data.name}_{ev.split}_{n_way}way{n_shot}shot_{method}_"
+                        f"{n_episodes}ep_{episodes}")
+    path, k = stem + ".json", 2
+    while os.path.exists(path):
+        path, k = f"{stem}_{k}.json", k + 1
+    return path
+
+
 def _check_writable(flag: str, path: str) -> None:
     """Refuse an output path that cannot be written, before any work is done."""
     folder = os.path.dirname(os.path.abspath(path))
@@ -164,6 +183,13 @@ def _eval(argv: Optional[List[str]]) -> int:
     config, model = load_trained(args.checkpoint, overrides + args.overrides)
     device = next(model.parameters()).device
     e, ev = config.episode, config.eval
+    explicit_seed = args.seed is not None or any(o.startswith("eval.seed=") for o in args.overrides)
+    if not explicit_seed and not ev.episodes_file and ev.split == config.data.val_split:
+        # the training run chose its best checkpoint on the val episodes of eval.seed: evaluate
+        # on others unless asked (--seed, or the selection manifest with --episodes-file)
+        ev.seed = ev.seed + 1
+        print(f"episode seed {ev.seed}: the checkpoint was selected on the {ev.split} episodes of seed "
+              f"{ev.seed - 1} (pass --seed {ev.seed - 1} to evaluate on those)")
     sampler = episode_sampler(config, ev.split, e.n_way, e.n_shot, ev.n_query, ev.seed,
                               ev.episodes_file)
     n_way, n_shot = sampler.n_way, sampler.n_shot
@@ -178,9 +204,8 @@ def _eval(argv: Optional[List[str]]) -> int:
     if ev.episodes_file and n_episodes > len(sampler):
         raise FewShotError(f"--episodes {n_episodes} exceeds the {len(sampler)} episodes of "
                            f"{ev.episodes_file!r}")
-    path = args.result or os.path.join(
-        os.path.dirname(os.path.abspath(args.checkpoint)),
-        f"eval_{ev.split}_{n_way}way{n_shot}shot.json")
+    info = getattr(model, "describe", lambda: {})()
+    path = args.result or _result_path(args.checkpoint, config, info, n_way, n_shot, n_episodes)
     for flag, target in (("--result", path), ("--write-episodes", args.write_episodes)):
         if target:
             _check_writable(flag, target)
@@ -190,12 +215,12 @@ def _eval(argv: Optional[List[str]]) -> int:
         model.to(memory_format=torch.channels_last)
     result = evaluate(model, sampler, n_episodes, device, cache_features=not args.no_cache,
                       progress=config.run.progress, channels_last=config.run.channels_last)
-    info = getattr(model, "describe", lambda: {})()
     result.update({"checkpoint": args.checkpoint, "method": config.model.method,
                    "backbone": config.model.backbone, "dataset": config.data.name,
                    "split": ev.split, "n_way": n_way, "n_shot": n_shot,
                    "n_query": sampler.n_query, "seed": ev.seed,
-                   "episodes_file": ev.episodes_file, **info})
+                   "episodes_file": ev.episodes_file, **info,
+                   "overrides": overrides + list(args.overrides), "config": config.to_dict()})
     print(f"{n_way}-way {n_shot}-shot accuracy: {format_result(result)}"
           + "".join(f", {k}={v}" for k, v in info.items()))
     atomic_write_text(path, json.dumps(result, indent=1))

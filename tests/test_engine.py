@@ -134,3 +134,27 @@ def test_gpu_augment_trains_both_stages_and_resumes_exactly(folder_root, tmp_pat
     b = load_checkpoint(os.path.join(broken, "meta", "last.pt"))
     for k, v in a["model"].items():
         assert torch.equal(v, b["model"][k]), k
+
+
+def test_default_results_say_what_they_measured_and_never_replace_each_other(folder_root, tmp_path, capsys):
+    out = str(tmp_path / "run")
+    assert train_main(_args(folder_root, out, "--max-steps", "2", "model.method=deepemd")) == 0
+    best = os.path.join(out, "meta", "best.pt")
+    folder = os.path.dirname(best)
+    before = set(os.listdir(folder))
+    base = ["--checkpoint", best, "--episodes", "3", "--split", "val"]
+    assert eval_main(base) == 0                                           # selection split, no seed
+    printed = capsys.readouterr().out
+    assert "episode seed 2: the checkpoint was selected on the val episodes of seed 1" in printed
+    assert eval_main(base) == 0                                           # the same again: kept apart
+    assert eval_main([*base, "--seed", "1", "model.options.eval_solver=sinkhorn",
+                      "model.options.eval_solver_options.epsilon=0.1"]) == 0
+    new = sorted(set(os.listdir(folder)) - before)
+    assert new == ["eval_folder_val_3way1shot_deepemd-exact_3ep_seed2.json",
+                   "eval_folder_val_3way1shot_deepemd-exact_3ep_seed2_2.json",
+                   "eval_folder_val_3way1shot_deepemd-sinkhorn_3ep_seed1.json"], new
+    first, second, third = (json.load(open(os.path.join(folder, n))) for n in new)
+    assert first["seed"] == 2 and first["accuracy"] == second["accuracy"] and third["seed"] == 1
+    assert third["config"]["model"]["options"]["eval_solver_options"] == {"epsilon": 0.1}
+    assert "model.options.eval_solver_options.epsilon=0.1" in third["overrides"]
+    assert "--seed" not in str(first["overrides"]) and first["config"]["eval"]["seed"] == 2
