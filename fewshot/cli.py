@@ -177,6 +177,7 @@ def _eval(argv: Optional[List[str]]) -> int:
 
     from .data import write_manifest
     from .engine import episode_sampler, evaluate, format_result, load_trained
+    from .engine.evaluate import progress_bars
     from ._io import atomic_write_text
 
     overrides = _flag_overrides(args, EVAL_FLAGS)
@@ -214,7 +215,7 @@ def _eval(argv: Optional[List[str]]) -> int:
     if config.run.channels_last:
         model.to(memory_format=torch.channels_last)
     result = evaluate(model, sampler, n_episodes, device, cache_features=not args.no_cache,
-                      progress=config.run.progress, channels_last=config.run.channels_last)
+                      progress=progress_bars(config.run.progress), channels_last=config.run.channels_last)
     result.update({"checkpoint": args.checkpoint, "method": config.model.method,
                    "backbone": config.model.backbone, "dataset": config.data.name,
                    "split": ev.split, "n_way": n_way, "n_shot": n_shot,

@@ -1,6 +1,7 @@
 """Episodic evaluation: mean accuracy +- 95% CI over fixed episodes."""
 from __future__ import annotations
 
+import sys
 import time
 from typing import Dict, List, Union
 
@@ -10,6 +11,12 @@ from tqdm import tqdm
 from ..data.episodes import EpisodeSampler, ManifestSampler
 from ..models.classifier import FewShotClassifier
 from .metrics import mean_confidence_interval
+
+
+def progress_bars(enabled: bool) -> bool:
+    """Whether to draw tqdm bars: asked for (run.progress) and stderr is a terminal; in a log
+    file the bars' carriage returns would run into the log lines."""
+    return bool(enabled) and sys.stderr.isatty()
 
 Sampler = Union[EpisodeSampler, ManifestSampler]
 

@@ -29,7 +29,7 @@ from ..models import CosineClassifier, FewShotClassifier, create_model
 from . import _distributed as ddp
 from .._io import lock_folder
 from .checkpoint import load_checkpoint, remove_stale_temporaries, save_checkpoint
-from .evaluate import evaluate, format_result
+from .evaluate import evaluate, format_result, progress_bars
 
 
 def log(msg: str) -> None:
@@ -323,7 +323,7 @@ def _run_epochs(stage: _Stage, epochs: int, steps_per_epoch: int,
     if cfg.max_steps:
         total = min(total, cfg.max_steps)
     bar = tqdm(total=total, initial=min(stage.step, total), desc=stage.name,
-               disable=not (cfg.progress and main), dynamic_ncols=True)
+               disable=not (progress_bars(cfg.progress) and main), dynamic_ncols=True)
 
     validated_at = [-1]
 
