@@ -287,6 +287,68 @@ def _visualize(argv: Optional[List[str]]) -> int:
     return 0
 
 
+def _images_in(folder: str, flag: str) -> List[str]:
+    from .data.datasets import IMAGE_EXTENSIONS
+    files = sorted(os.path.join(folder, f) for f in os.listdir(folder)
+                   if f.lower().endswith(IMAGE_EXTENSIONS) and os.path.isfile(os.path.join(folder, f)))
+    if not files:
+        raise FewShotError(f"{flag} {folder!r} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
+    return files
+
+
+def _predict(argv: Optional[List[str]]) -> int:
+    parser = _Parser(prog="predict.py", description="Classify your own images: which of the support "
+                     "classes does each query image show?")
+    parser.add_argument("--checkpoint", required=True, help="a best.pt written by train.py, or a shipped "
+                        "model's name (fewshot.models_available())")
+    parser.add_argument("--support", required=True, help="folder with one sub-folder of images per class "
+                        "(1 or more each: the shot count follows the folders)")
+    parser.add_argument("--query", required=True, nargs="+", help="query image files or folders of images")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    parser.add_argument("--json", action="store_true", help="print one JSON document instead of lines")
+    args = parser.parse_args(argv)
+    if not os.path.isdir(args.support):
+        raise FewShotError(f"--support {args.support!r} is not a folder (expected one sub-folder per class)")
+    classes = sorted(d for d in os.listdir(args.support) if os.path.isdir(os.path.join(args.support, d)))
+    if len(classes) < 2:
+        raise FewShotError(f"--support {args.support!r} has {len(classes)} class folder(s); expected at "
+                           f"least 2 sub-folders, one per class")
+    support, labels = [], []
+    for c in classes:
+        files = _images_in(os.path.join(args.support, c), "--support class folder")
+        support += files
+        labels += [c] * len(files)
+    queries = []
+    for q in args.query:
+        if os.path.isdir(q):
+            queries += _images_in(q, "--query")
+        elif os.path.isfile(q):
+            queries.append(q)
+        else:
+            raise FewShotError(f"--query {q!r}: no such file or folder")
+    from .api import load
+    clf = load(args.checkpoint, device=args.device)
+    clf.fit(support, labels)
+    proba = clf.predict_proba(queries)
+    shots = sorted({labels.count(c) for c in classes})
+    rows = [{"query": q, "prediction": classes[int(p.argmax())],
+             "probabilities": {c: round(float(v), 4) for c, v in zip(classes, p)}} for q, p in zip(queries, proba)]
+    if args.json:
+        print(json.dumps({"checkpoint": clf.source, "classes": classes, "support_images": len(support),
+                          "queries": rows}, indent=1))
+        return 0
+    print(f"{clf.source}: {len(classes)} classes, {'/'.join(map(str, shots))} support image(s) per class")
+    for r in rows:
+        ranked = sorted(r["probabilities"].items(), key=lambda kv: -kv[1])
+        print(f"{r['query']}: {r['prediction']} ({ranked[0][1]:.2f}); "
+              + ", ".join(f"{c} {p:.2f}" for c, p in ranked[1:4]))
+    return 0
+
+
+def predict_main(argv: Optional[List[str]] = None) -> int:
+    return _run(_predict, argv)
+
+
 def visualize_main(argv: Optional[List[str]] = None) -> int:
     return _run(_visualize, argv)
 

@@ -199,8 +199,10 @@ def build_model(config: Config) -> FewShotClassifier:
 def load_trained(path: str, overrides=(), device: str = "") -> Tuple[Config, FewShotClassifier]:
     """The config (with ``key=value`` overrides applied) and model of checkpoint ``path``,
     the model on ``device`` (default: the config's run.device)."""
+    from ..api import resolve_checkpoint
     from ..config import check, from_dict, merge, parse_override
 
+    path = resolve_checkpoint(path)               # a file, or the name of a shipped model
     state = load_checkpoint(path)
     data = state.get("config")
     if not isinstance(data, dict):

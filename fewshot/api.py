@@ -1,0 +1,127 @@
+"""Few-shot classification of your own images with a trained model, in the style of sklearn
+(``fit`` / ``predict`` / ``predict_proba``) and easyfsl (``process_support_set`` + ``forward``)::
+
+    import fewshot
+    clf = fewshot.load("runs/mini_cpu/meta/best.pt")          # a checkpoint, or a shipped model's name
+    clf.fit(support_images, ["cat", "cat", "dog", "dog", "owl"])
+    clf.predict(query_images)                                 # ["dog", ...]
+    clf.predict_proba(query_images)                           # [n_query, n_classes], rows sum to 1
+
+Images are PIL images, file paths, or tensors [C, H, W] (uint8, or float in [0, 1]); any size and
+mode. Each is converted to the model's channels (RGB or grey; 16-bit images scaled to 8 bits) and
+prepared as evaluation prepares images (the checkpoint's ``data.transform`` at its
+``data.image_size``: for ``deepemd``, resized to 92/84 of the size without keeping the aspect
+ratio, centre-cropped to the size and normalised). With several images per class the method fits
+as in evaluation (DeepEMD: Structured FC prototypes); the probabilities are the softmax of the
+method's logits.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, List, Sequence
+
+import torch
+
+from .errors import DataError, FewShotError
+
+PRETRAINED_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pretrained")
+
+
+def models_available() -> List[str]:
+    """Names of the models shipped in the package (``fewshot/pretrained/NAME.pt``)."""
+    if not os.path.isdir(PRETRAINED_DIR):
+        return []
+    return sorted(f[:-3] for f in os.listdir(PRETRAINED_DIR) if f.endswith(".pt"))
+
+
+def resolve_checkpoint(name_or_path: str, flag: str = "checkpoint") -> str:
+    """The file of a checkpoint path or of a shipped model's name (FewShotError naming both
+    possibilities when it is neither)."""
+    if os.path.isfile(name_or_path):
+        return name_or_path
+    if name_or_path in models_available():
+        return os.path.join(PRETRAINED_DIR, name_or_path + ".pt")
+    shipped = ", ".join(models_available()) or "none in this version"
+    raise FewShotError(f"{flag} {name_or_path!r}: no such file, and not the name of a shipped model "
+                       f"(fewshot.models_available(): {shipped})")
+
+
+class Predictor:
+    """A trained few-shot model fitted to a support set of your images; see the module docstring.
+
+    ``classes_``: the class labels of the support set, in the order of ``predict_proba``'s columns."""
+
+    def __init__(self, model, config, source: str):
+        self.model, self.config, self.source = model.eval(), config, source
+        self.device = next(model.parameters()).device
+        from .data.transforms import build_transform
+        self._transform = build_transform(config.data.transform, config.data.image_size, train=False)
+        self._mode = "L" if config.data.transform == "grayscale" else "RGB"
+        self.classes_: List[Any] = []
+
+    def _batch(self, images: Sequence[Any], what: str) -> torch.Tensor:
+        """Images -> the model's input batch [N, C, S, S] on its device."""
+        from PIL import Image
+        from torchvision.transforms.functional import to_pil_image
+
+        from .data._image import _to_8bit, load_image
+        if isinstance(images, (str, os.PathLike, Image.Image)) or (
+                isinstance(images, torch.Tensor) and images.dim() == 3):
+            images = [images]
+        out = []
+        for i, img in enumerate(images):
+            if isinstance(img, (str, os.PathLike)):
+                img = load_image(os.fspath(img), self._mode)
+            elif isinstance(img, torch.Tensor):
+                if img.dim() != 3 or img.shape[0] not in (1, 3, 4):
+                    raise DataError(f"{what} image {i}: expected a tensor [C, H, W] with C = 1, 3 or 4, "
+                                    f"got {tuple(img.shape)}")
+                if img.is_floating_point() and not (0 <= float(img.min()) and float(img.max()) <= 1):
+                    raise DataError(f"{what} image {i}: a float image tensor must hold values in [0, 1]")
+                img = to_pil_image(img.detach().cpu())
+            elif not isinstance(img, Image.Image):
+                raise DataError(f"{what} image {i}: expected a PIL image, a file path or a tensor "
+                                f"[C, H, W], got {type(img).__name__}")
+            out.append(self._transform(_to_8bit(img).convert(self._mode)))
+        if not out:
+            raise DataError(f"{what}: no images")
+        return torch.stack(out).to(self.device)
+
+    @torch.no_grad()
+    def fit(self, images: Sequence[Any], labels: Sequence[Any]) -> "Predictor":
+        """Fit to support images with their labels (any hashable values; at least 2 classes)."""
+        labels = list(labels)
+        batch = self._batch(images, "support")
+        if len(labels) != len(batch):
+            raise DataError(f"support: {len(batch)} images but {len(labels)} labels")
+        classes = list(dict.fromkeys(labels))
+        if len(classes) < 2:
+            raise DataError(f"support: needs images of at least 2 classes, got {len(classes)} ({classes})")
+        self.classes_ = classes
+        index = torch.tensor([classes.index(x) for x in labels], device=self.device)
+        self.model.process_support_set(batch, index)
+        return self
+
+    @torch.no_grad()
+    def logits(self, images: Sequence[Any]) -> torch.Tensor:
+        """The method's logits [n_query, n_classes] of query images."""
+        if not self.classes_:
+            raise FewShotError("fit(support images, labels) before scoring queries")
+        return self.model(self._batch(images, "query")).float()
+
+    def predict_proba(self, images: Sequence[Any]) -> torch.Tensor:
+        """Class probabilities [n_query, n_classes] (softmax of the logits), columns in ``classes_``."""
+        return self.logits(images).softmax(-1).cpu()
+
+    def predict(self, images: Sequence[Any]) -> List[Any]:
+        """The most probable class label of each query image."""
+        return [self.classes_[int(i)] for i in self.logits(images).argmax(-1)]
+
+
+def load(name_or_path: str, device: str = "cpu") -> Predictor:
+    """A :class:`Predictor` for a checkpoint written by train.py, or a shipped model's name
+    (:func:`models_available`)."""
+    from .engine import load_trained
+    path = resolve_checkpoint(name_or_path)
+    config, model = load_trained(path, device=device)
+    return Predictor(model, config, path)

@@ -1,0 +1,128 @@
+"""predict.py and the Python API (fewshot.load / fit / predict) on generated images: 1-shot and
+3-shot support folders, the API's logits against eval.py's episode logits, name resolution and
+bad input."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import fewshot
+from fewshot.cli import predict_main, train_main
+from fewshot.engine import load_trained
+
+from conftest import make_split_folders
+
+ROOT = os.path.join(os.path.dirname(__file__), "..")
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    base = tmp_path_factory.mktemp("predict")
+    data = make_split_folders(str(base / "data"), per_class=6)
+    out = str(base / "run")
+    args = ["--config", os.path.join(ROOT, "configs", "protonet_demo.yaml"), "--data-root", data, "--out", out,
+            "--device", "cpu", "--way", "3", "--query", "2", "data.image_size=16", "meta.episodes_per_epoch=2",
+            "meta.epochs=1", "meta.val_episodes=2", "eval.n_query=2", "run.progress=false",
+            "model.backbone_options.hidden=8", "--max-steps", "2", "model.method=deepemd"]
+    assert train_main(args) == 0
+    return {"data": data, "checkpoint": os.path.join(out, "meta", "best.pt"), "base": base}
+
+
+def _support(trained, name, shots):
+    """A folder tree of 3 test classes with ``shots`` images each, and 2 query images per class."""
+    src = os.path.join(trained["data"], "test")
+    support, queries = trained["base"] / name, []
+    for c in sorted(os.listdir(src))[:3]:
+        files = sorted(os.listdir(os.path.join(src, c)))
+        os.makedirs(support / c)
+        for f in files[:shots]:
+            shutil.copy(os.path.join(src, c, f), support / c / f)
+        queries += [os.path.join(src, c, f) for f in files[shots:shots + 2]]
+    return str(support), queries
+
+
+@pytest.mark.parametrize("shots", [1, 3])
+def test_api_gives_the_logits_of_the_model_on_the_same_episode(trained, shots):
+    support, queries = _support(trained, f"support{shots}", shots)
+    clf = fewshot.load(trained["checkpoint"])
+    classes = sorted(os.listdir(support))
+    images = [os.path.join(support, c, f) for c in classes for f in sorted(os.listdir(os.path.join(support, c)))]
+    labels = [c for c in classes for _ in range(shots)]
+    clf.fit(images, labels)
+    assert clf.classes_ == classes
+    proba = clf.predict_proba(queries)
+    assert proba.shape == (6, 3) and torch.allclose(proba.sum(1), torch.ones(6))
+    # reference: the evaluation path on the same images (eval transform, episode_logits)
+    config, model = load_trained(trained["checkpoint"], device="cpu")
+    from fewshot.data.transforms import build_transform
+    from fewshot.data._image import load_image
+    t = build_transform(config.data.transform, config.data.image_size, train=False)
+    batch = lambda paths: torch.stack([t(load_image(p)) for p in paths])  # noqa: E731
+    model.eval()
+    with torch.no_grad():
+        model.process_support_set(batch(images), torch.tensor([classes.index(c) for c in labels]))
+        ref = model(batch(queries))
+    torch.testing.assert_close(clf.logits(queries), ref, rtol=1e-5, atol=1e-5)
+    assert clf.predict(queries) == [classes[i] for i in ref.argmax(1).tolist()]
+    # PIL images and tensors of any size and mode give the same answer as the files
+    pil = [Image.open(q).convert("L").resize((40, 30)).convert("RGB") for q in queries]
+    assert clf.predict_proba(pil).shape == (6, 3)
+    as_tensor = [torch.from_numpy(np.array(Image.open(q).convert("RGB"))).permute(2, 0, 1) for q in queries]
+    torch.testing.assert_close(clf.predict_proba(as_tensor), proba, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("shots", [1, 3])
+def test_predict_py_prints_each_query_and_json(trained, capsys, shots):
+    support, queries = _support(trained, f"cli{shots}", shots)
+    assert predict_main(["--checkpoint", trained["checkpoint"], "--support", support, "--query", *queries]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert f"3 classes, {shots} support image(s) per class" in out[0]
+    assert len(out) == 7 and all(line.split(": ")[1].split(" (")[0] in os.listdir(support) for line in out[1:])
+    folder = os.path.dirname(queries[0])
+    assert predict_main(["--checkpoint", trained["checkpoint"], "--support", support, "--query", folder,
+                         "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["classes"] == sorted(os.listdir(support)) and doc["support_images"] == 3 * shots
+    assert len(doc["queries"]) == len(os.listdir(folder))
+    for q in doc["queries"]:
+        assert abs(sum(q["probabilities"].values()) - 1) < 1e-3 and q["prediction"] in doc["classes"]
+
+
+def test_names_resolve_to_shipped_models_and_unknown_names_are_one_line(trained, tmp_path, capfd):
+    assert isinstance(fewshot.models_available(), list)
+    for name in fewshot.models_available():
+        assert os.path.isfile(fewshot.api.resolve_checkpoint(name))
+    with pytest.raises(fewshot.errors.FewShotError, match="not the name of a shipped model"):
+        fewshot.load("no-such-model")
+    support, queries = _support(trained, "bad", 1)
+    os.makedirs(tmp_path / "one" / "only")
+    shutil.copy(queries[0], tmp_path / "one" / "only" / "a.png")
+    os.makedirs(tmp_path / "empty" / "a")
+    os.makedirs(tmp_path / "empty" / "b")
+    shutil.copy(queries[0], tmp_path / "empty" / "a" / "a.png")
+    (tmp_path / "noimages").mkdir()
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not an image")
+    cases = [
+        (["--checkpoint", "no-such-model", "--support", support, "--query", queries[0]], "no-such-model"),
+        (["--checkpoint", trained["checkpoint"], "--support", str(tmp_path / "one"), "--query", queries[0]],
+         "has 1 class folder(s)"),
+        (["--checkpoint", trained["checkpoint"], "--support", str(tmp_path / "empty"), "--query", queries[0]],
+         "holds no images"),
+        (["--checkpoint", trained["checkpoint"], "--support", support, "--query", str(tmp_path / "noimages")],
+         "--query"),
+        (["--checkpoint", trained["checkpoint"], "--support", support, "--query", str(broken)], "broken.png"),
+        (["--checkpoint", trained["checkpoint"], "--support", str(tmp_path / "nowhere"), "--query", queries[0]],
+         "is not a folder"),
+    ]
+    for args, culprit in cases:
+        capfd.readouterr()
+        assert predict_main(args) == 2
+        err = capfd.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("error: ") and culprit in err[0], err
