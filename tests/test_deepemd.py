@@ -3,8 +3,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from fewshot import emd
 from fewshot.models import Conv4, ResNet12, create_model
-from fewshot.models import deepemd as deepemd_module
 from fewshot.models.classifier import class_means
 from fewshot.models.deepemd import cross_reference_weights, emd_logits
 
@@ -77,17 +77,23 @@ def test_episode_backward_reaches_every_parameter(backbone, options):
         assert p.grad.abs().sum() > 0, name
 
 
-def test_gradient_reaches_the_weights_path(monkeypatch):
-    """The cross-reference weights contribute to the gradient (unlike the OpenCV path)."""
+def test_gradient_reaches_the_weights_path():
+    """The cross-reference weights contribute to the gradient (unlike the OpenCV path): the
+    problem of emd_problem solved with its weights detached gives another gradient."""
+    from fewshot.models.deepemd import emd_problem
     torch.manual_seed(0)
     query = torch.randn(4, 6, 9, dtype=torch.float64, requires_grad=True)
     proto = torch.randn(3, 6, 9, dtype=torch.float64)
     grad_full, = torch.autograd.grad(emd_logits(query, proto).sum(), query)
-    original = deepemd_module.cross_reference_weights
-    monkeypatch.setattr(deepemd_module, "cross_reference_weights",
-                        lambda x, y: original(x, y).detach())
-    grad_no_weights, = torch.autograd.grad(emd_logits(query, proto).sum(), query)
-    assert (grad_full - grad_no_weights).abs().max() > 1e-3
+    flat = lambda t: t.reshape(-1, *t.shape[2:])  # noqa: E731
+    for detach, expect_same in ((False, True), (True, False)):
+        cost, a, b = emd_problem(query, proto)
+        if detach:
+            a, b = a.detach(), b.detach()
+        value = emd.solve(flat(cost), flat(a), flat(b)).value.reshape(4, 3)
+        grad, = torch.autograd.grad((12.5 * (1 - value / 9)).sum(), query)
+        assert torch.allclose(grad, grad_full, atol=1e-10) == expect_same
+    assert (grad - grad_full).abs().max() > 1e-3
 
 
 def test_qpth_and_exact_logits_agree():
@@ -156,21 +162,19 @@ def test_closed_form_sfc_gradient_equals_autograd():
 
 
 @pytest.mark.parametrize("compiled", [True, False])
-def test_lockstep_sfc_gives_the_prototypes_of_the_autograd_fit_of_each_episode(compiled, monkeypatch):
+def test_lockstep_sfc_gives_the_prototypes_of_the_autograd_fit_of_each_episode(compiled):
     """The new Structured FC (closed-form gradient, warm-started exact solves, episodes in
     lockstep) gives each episode the prototypes of the plain fit: autograd, cold solves, one
     episode at a time (float64, to 1e-6); with the compiled CPU kernels and with the batched
     torch operations used on other devices."""
     import dataclasses
-    from fewshot.models import deepemd
-    monkeypatch.setattr(deepemd, "_compiled", lambda t: compiled)
     g = torch.Generator().manual_seed(7)
     feats = torch.randn(3, 10, 32, 9, generator=g, dtype=torch.float64)
     labels = torch.arange(5).repeat_interleave(2).expand(3, -1)
     model = create_model("deepemd", "conv4", {}, {"sfc_steps": 15}).eval().double()
     plain = dataclasses.replace(model.sfc, gradient="autograd", warm_start=False)
     stats = {}
-    new = model.sfc.fit_many(model.head, feats, labels, stats)
+    new = dataclasses.replace(model.sfc, compiled=compiled).fit_many(model.head, feats, labels, stats)
     for e in range(3):
         old = plain.fit(model.head, feats[e], labels[e])
         torch.testing.assert_close(new[e], old, rtol=0, atol=1e-6)
@@ -181,13 +185,11 @@ def test_lockstep_sfc_gives_the_prototypes_of_the_autograd_fit_of_each_episode(c
 @pytest.mark.parametrize("compiled", [True, False])
 @pytest.mark.parametrize("center,momentum,dampening,weight_decay",
                          [(False, 0.5, 0.0, 0.01), (True, 0.0, 0.0, 0.05)])
-def test_fused_sgd_step_equals_torch_sgd(center, momentum, dampening, weight_decay, compiled, monkeypatch):
+def test_fused_sgd_step_equals_torch_sgd(center, momentum, dampening, weight_decay, compiled):
     """The closed form applies torch.optim.SGD's update itself (momentum, dampening, weight
     decay; the compiled kernel without forming the gradient): the prototypes equal the
     autograd fit with torch.optim.SGD for other options and without channel centring (float64)."""
     import dataclasses
-    from fewshot.models import deepemd
-    monkeypatch.setattr(deepemd, "_compiled", lambda t: compiled)
     g = torch.Generator().manual_seed(11)
     feats = torch.randn(2, 6, 24, 9, generator=g, dtype=torch.float64)
     labels = torch.arange(3).repeat_interleave(2).expand(2, -1)
@@ -195,7 +197,7 @@ def test_fused_sgd_step_equals_torch_sgd(center, momentum, dampening, weight_dec
         "sfc_steps": 6, "center": center, "sfc_momentum": momentum, "sfc_dampening": dampening,
         "sfc_weight_decay": weight_decay}).eval().double()
     plain = dataclasses.replace(model.sfc, gradient="autograd", warm_start=False)
-    new = model.sfc.fit_many(model.head, feats, labels)
+    new = dataclasses.replace(model.sfc, compiled=compiled).fit_many(model.head, feats, labels)
     for e in range(2):
         old = plain.fit(model.head, feats[e], labels[e])
         torch.testing.assert_close(new[e], old, rtol=0, atol=1e-9)

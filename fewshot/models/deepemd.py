@@ -154,7 +154,9 @@ class StructuredFC:
     episodes ran before it); ``warm_start``: start each support image's EMD problems from
     where its previous step ended (sinkhorn: potentials; exact: optimal bases);
     ``gradient``: ``closed_form`` (where the solver's gradient is the envelope theorem's and
-    the cost is cosine: :func:`sfc_gradient`, no autograd graph) or ``autograd``."""
+    the cost is cosine: :func:`sfc_gradient`, no autograd graph) or ``autograd``;
+    ``compiled``: the closed form's step by the compiled CPU kernels (:mod:`._sfc_kernel`) or
+    by batched torch operations (False; what other devices run); None: the kernels on the CPU."""
     steps: int = 100
     batch: int = 4
     lr: float = 0.1
@@ -164,10 +166,13 @@ class StructuredFC:
     seed: int = 0
     warm_start: bool = True
     gradient: str = "closed_form"
+    compiled: Optional[bool] = None
 
     def __post_init__(self):
         for key, opt in _SFC_OPTIONS.items():
             object.__setattr__(self, key, opt.check(getattr(self, key), f"model.options.sfc_{key}"))
+        if self.compiled not in (None, True, False):
+            raise ConfigError(f"StructuredFC.compiled: expected None, True or False, got {self.compiled!r}")
 
     def fit(self, head: EMDHead, support: torch.Tensor, labels: torch.Tensor,
             stats: Optional[Dict[str, int]] = None) -> torch.Tensor:
@@ -205,7 +210,7 @@ class StructuredFC:
         if closed_form:
             nodes = _SupportNodes.of(feats, head.center)
             proto = _Prototypes(means.transpose(-1, -2), head.center, self.lr, self.momentum,
-                                self.dampening, self.weight_decay)      # node-major [E, W, N, C]
+                                self.dampening, self.weight_decay, self.compiled)   # node-major [E, W, N, C]
         else:
             proto = nn.Parameter(means)
             opt = torch.optim.SGD([proto], lr=self.lr, momentum=self.momentum,
@@ -218,7 +223,7 @@ class StructuredFC:
                 if closed_form:                 # no autograd graph: the gradient by hand
                     with torch.no_grad():
                         grad, result = _sfc_terms(head, nodes.select(chunk), proto.nodes, proto.mean,
-                                                  labels[:, chunk], init, proto.norm)
+                                                  labels[:, chunk], init, proto.norm, self.compiled)
                         proto.step(grad)
                 else:
                     opt.zero_grad()
@@ -270,10 +275,15 @@ class _SupportNodes:
         return _SupportNodes(*(t.index_select(1, chunk) for t in (self.xhat, self.nu, self.mu, self.xsum)))
 
 
-def _compiled(t: torch.Tensor) -> bool:
+def _compiled(t: torch.Tensor, compiled: Optional[bool] = None) -> bool:
     """Whether the Structured FC step runs the compiled kernels (:mod:`._sfc_kernel`) for
-    tensors like ``t``: on the CPU; elsewhere as batched torch operations."""
-    return t.device.type == "cpu"
+    tensors like ``t``: ``compiled`` if given (True needs CPU tensors), else on the CPU;
+    elsewhere as batched torch operations."""
+    if compiled is None:
+        return t.device.type == "cpu"
+    if compiled and t.device.type != "cpu":
+        raise ConfigError(f"StructuredFC.compiled=True runs on the CPU; the features are on {t.device}")
+    return compiled
 
 
 @dataclass(frozen=True)
@@ -324,8 +334,9 @@ class _Prototypes:
     :meth:`_Gradient.dense`."""
 
     def __init__(self, proto: torch.Tensor, center: bool, lr: float, momentum: float,
-                 dampening: float, weight_decay: float):
+                 dampening: float, weight_decay: float, compiled: Optional[bool] = None):
         proto = proto.contiguous()
+        self.compiled = compiled
         self.mean = proto.mean(-1) if center else None
         self.nodes = (proto - self.mean[..., None]) if center else proto.clone()
         self.lr, self.momentum, self.dampening, self.weight_decay = lr, momentum, dampening, weight_decay
@@ -335,7 +346,7 @@ class _Prototypes:
     def step(self, grad: _Gradient) -> None:
         first = self.buf is None or self.momentum == 0                # buf = d_p, else
         alpha = 1.0 if first else 1 - self.dampening                  # buf = m buf + (1 - d) d_p
-        if _compiled(self.nodes):
+        if _compiled(self.nodes, self.compiled):
             if self.buf is None:
                 self.buf = torch.empty_like(self.nodes)
                 self.norm = self.nodes.new_empty(self.nodes.shape[:-1])
@@ -360,8 +371,8 @@ class _Prototypes:
 
 
 def _sfc_terms(head: EMDHead, nodes: _SupportNodes, proto: torch.Tensor, mean: Optional[torch.Tensor],
-               labels: torch.Tensor, init=None, norm: Optional[torch.Tensor] = None
-               ) -> Tuple[_Gradient, emd.EMDResult]:
+               labels: torch.Tensor, init=None, norm: Optional[torch.Tensor] = None,
+               compiled: Optional[bool] = None) -> Tuple[_Gradient, emd.EMDResult]:
     """The Structured FC gradient (:class:`_Gradient`) for support ``nodes`` (k images per
     episode) and node-major prototypes P = proto + mean (proto [E, W, N, C], centred when
     ``mean`` [E, W, N] is given for the centred cosine cost; else P = proto; ``norm``
@@ -379,7 +390,7 @@ def _sfc_terms(head: EMDHead, nodes: _SupportNodes, proto: torch.Tensor, mean: O
         norm = flat.norm(dim=-1).clamp_min(1e-12).reshape(E, W, N)      # |proto_j|
     # <x_i, P_j> = nu_i <xhat_i, proto_j> + C mu_i mean_j (xhat_i and proto_j centred)
     cmean = C * mean if mean is not None else norm.new_zeros(E, W, N)
-    if _compiled(dot):
+    if _compiled(dot, compiled):
         cost, z_a, z_b = dot.new_empty(E, k, W, M, N), dot.new_empty(E, k, W, M), dot.new_empty(E, k, W, N)
         _sfc_kernel.problems(*(t.contiguous().numpy() for t in (dot, norm, nodes.nu, nodes.mu, cmean)),
                              cost.numpy(), z_a.numpy(), z_b.numpy())        # filled in place
@@ -408,7 +419,7 @@ def _sfc_terms(head: EMDHead, nodes: _SupportNodes, proto: torch.Tensor, mean: O
 
 @torch.no_grad()
 def sfc_gradient(head: EMDHead, support: torch.Tensor, proto: torch.Tensor, labels: torch.Tensor,
-                 init=None) -> Tuple[torch.Tensor, emd.EMDResult]:
+                 init=None, compiled: Optional[bool] = None) -> Tuple[torch.Tensor, emd.EMDResult]:
     """Gradient [E, W, C, N] of the Structured FC loss (the sum over episodes of the mean
     cross-entropy of the support logits) with respect to the prototypes proto [E, W, C, N],
     for support [E, k, C, M] with labels [E, k], in closed form, and the solver's result.
@@ -432,7 +443,8 @@ def sfc_gradient(head: EMDHead, support: torch.Tensor, proto: torch.Tensor, labe
     p = proto.transpose(-1, -2)                                      # node-major [E, W, N, C]
     mean = p.mean(-1) if head.center else None
     p = (p - mean[..., None] if head.center else p).contiguous()
-    grad, result = _sfc_terms(head, _SupportNodes.of(support, head.center), p, mean, labels, init)
+    grad, result = _sfc_terms(head, _SupportNodes.of(support, head.center), p, mean, labels, init,
+                              compiled=compiled)
     dense = grad.dense(p)
     if grad.ones is not None:
         dense += grad.ones[..., None]
