@@ -9,7 +9,7 @@ from __future__ import annotations
 import inspect
 from typing import Any, Callable, Dict, Iterable, Optional
 
-from .errors import ConfigError
+from .errors import ConfigError, FewShotError
 
 
 class Registry:
@@ -46,7 +46,7 @@ class Registry:
         try:
             return fn(**kwargs)
         except ValueError as e:          # a constructor's own check of an option's value
-            if isinstance(e, ConfigError):
+            if isinstance(e, FewShotError):  # already the project's error (ConfigError, DataError)
                 raise
             raise ConfigError(f"{where}: {e}") from None
 

@@ -204,3 +204,17 @@ def test_transforms_shapes():
     assert build_transform("deepemd", 84, train=False)(img).shape == (3, 84, 84)
     g = build_transform("grayscale", 28)(img)
     assert g.shape == (1, 28, 28) and torch.all((g >= 0) & (g <= 1))
+
+
+def test_a_plain_folder_per_class_tree_works_with_split_all(tmp_path):
+    from conftest import write_image
+    for c in ("cat", "dog", "owl"):
+        for j in range(2):
+            write_image(str(tmp_path / "mine" / c / f"{j}.jpg"), j)
+    ds = build_dataset("folder", str(tmp_path / "mine"), "all")
+    assert ds.classes == ["cat", "dog", "owl"] and len(ds) == 6
+    with pytest.raises(DataError, match="split 'all' for every class folder"):
+        build_dataset("folder", str(tmp_path / "mine"), "train")
+    os.makedirs(tmp_path / "mine" / "empty")
+    with pytest.raises(DataError, match=r"\['empty'\] hold no images"):
+        build_dataset("folder", str(tmp_path / "mine"), "all")

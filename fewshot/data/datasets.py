@@ -489,13 +489,27 @@ def omniglot(root: str, split: str, alphabets: Optional[Dict[str, List[str]]] = 
 
 @DATASETS.register("folder")
 def image_folder(root: str, split: str, split_file: str = "") -> ImageDataset:
-    """Any folder-per-class tree. Either ``root/{split}/<class>/*`` or ``root/<class>/*``
-    with ``split_file``: JSON ``{"train": [class folders], "val": [...], ...}``."""
+    """Any folder-per-class tree. Either ``root/{split}/<class>/*``, or ``root/<class>/*``
+    with ``split_file`` (JSON ``{"train": [class folders], "val": [...], ...}``), or
+    ``root/<class>/*`` with split ``all``: every class folder under ``root``."""
     if os.path.isdir(os.path.join(root, split)) and not split_file:
         return _split_folder_dataset(root, split)
+    if split == "all" and not split_file:
+        if not os.path.isdir(root):
+            raise DataError(f"folder dataset {root!r} does not exist")
+        names = _class_folders(root)
+        if len(names) < 2:
+            raise DataError(f"folder dataset {root!r}: split 'all' needs at least 2 class folders, "
+                            f"found {len(names)}")
+        files = [_list_images(os.path.join(root, c)) for c in names]
+        empty = [c for c, f in zip(names, files) if not f]
+        if empty:
+            raise DataError(f"folder dataset {root!r}: class folder(s) {empty[:3]} hold no images")
+        return _from_class_lists(names, files, root)
     if not split_file:
         raise DataError(f"folder dataset {root!r}: no split folder {split!r} and no "
-                        f"data.options.split_file naming the classes of each split")
+                        f"data.options.split_file naming the classes of each split (or use "
+                        f"split 'all' for every class folder under the root)")
     names = _read_split_json(split_file, split)
     for c in names:
         if not os.path.isdir(os.path.join(root, c)):
