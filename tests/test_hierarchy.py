@@ -276,3 +276,21 @@ def test_chain_regression_script_runs_every_loss(tmp_path):
     result = json.load(open(tmp_path / "chain.json"))
     assert [r["loss"] for r in result["runs"]] == ["mse", "sd", "emd", "emd2"]
     assert all(len(r["curve"]) == 3 for r in result["runs"]) and (tmp_path / "chain.png").is_file()
+
+
+@pytest.mark.parametrize("epsilon", [0.05, 1.0])
+def test_sinkhorn_against_a_one_hot_target_is_the_tree_emd(epsilon):
+    """With a one-hot target the only feasible plan sends all of p to the label, so the
+    Sinkhorn distance under the tree metric is sum_c p_c d(c, y), the closed-form EMD (rho = 1),
+    for any epsilon: the entropic term has nothing to blur."""
+    parents, lengths = [5, 5, 6, 6, -1, 4, 4], [1.0, 1.0, 1.0, 1.0, 0.0, 2.0, 3.0]
+    tree = ClassTree(parents, lengths)
+    g = torch.Generator().manual_seed(6)
+    p = torch.rand(5, 4, generator=g, dtype=torch.float64).softmax(-1)
+    y = torch.tensor([0, 1, 2, 3, 2])
+    q = torch.zeros_like(p).scatter_(1, y[:, None], 1.0)
+    M = tree.distances()[:4, :4]
+    sd = emd.solve(M[None].expand(5, -1, -1), p, q, solver="sinkhorn", epsilon=epsilon, tol=1e-12).value
+    pad = torch.zeros(5, 3, dtype=torch.float64)
+    closed = tree_emd(torch.cat([p, pad], 1), torch.cat([q, pad], 1), tree, rho=1.0)
+    torch.testing.assert_close(sd, closed, rtol=1e-9, atol=0)
