@@ -161,9 +161,9 @@ def test_train_bad_input(world, tmp_path, capfd, case):
     capfd.readouterr()
     code = train_main(_train_args(world["data"], out, *extra(world)))
     _expect_one_line(capfd, code, culprit)
+    assert not os.path.exists(os.path.join(out, "config.yaml"))          # nothing written
     for stage in ("pretrain", "meta"):
-        for name in ("best.pt", "last.pt"):
-            assert not os.path.exists(os.path.join(out, stage, name))
+        assert not os.path.exists(os.path.join(out, stage))
 
 
 def test_split_file_listing_an_image_twice(tmp_path, capfd):

@@ -407,21 +407,32 @@ def _run_epochs(stage: _Stage, epochs: int, steps_per_epoch: int,
 
 
 def _prepare(config: Config, name: str) -> Tuple[str, torch.device, FewShotClassifier]:
-    """The stage's folder, device and model: the model is built (seeded by run.seed) before
-    anything is written, so a bad model option leaves no output behind."""
+    """The stage's folder, device and model: the model is built (seeded by run.seed) and
+    --out locked (:func:`lock_folder`) before anything is read from it; nothing is written
+    until :func:`_begin`, so a bad option, checkpoint or tree leaves no output behind."""
     seed_everything(config.run.seed)
     model = build_model(config)
     folder = os.path.join(config.run.out, name)
     device = ddp.setup(resolve_device(config.run.device))
     if ddp.is_main():
-        lock_folder(config.run.out)              # before anything in it is read, removed or written
-        os.makedirs(folder, exist_ok=True)
-        stale = remove_stale_temporaries(folder)
-        if stale:
-            log(f"removed {stale} incomplete checkpoint file(s) of an interrupted write in {folder}")
-        save_config(config, os.path.join(config.run.out, "config.yaml"))
-        save_config(config, os.path.join(folder, "config.yaml"))
+        lock_folder(config.run.out)
     return folder, device, model.to(device)
+
+
+def _begin(config: Config, folder: str) -> None:
+    """The stage's first writes, once every check has passed: its folder (temporaries of an
+    interrupted write removed), its config.yaml, and the run's config.yaml (written by the
+    first stage of the run, not replaced by the next)."""
+    if not ddp.is_main():
+        return
+    os.makedirs(folder, exist_ok=True)
+    stale = remove_stale_temporaries(folder)
+    if stale:
+        log(f"removed {stale} incomplete checkpoint file(s) of an interrupted write in {folder}")
+    top = os.path.join(config.run.out, "config.yaml")
+    if not os.path.exists(top):
+        save_config(config, top)
+    save_config(config, os.path.join(folder, "config.yaml"))
 
 
 # keys a resumed stage may change: where things are and how the run is watched, not what it computes
@@ -474,7 +485,6 @@ def pretrain(config: Config, resume: Optional[str] = None) -> str:
     """Classification pretraining over all train classes; returns the best checkpoint path."""
     p = config.pretrain
     train_set = load_split(config, config.data.train_split, train=True)  # data errors first
-    folder, device, model = _prepare(config, "pretrain")
     steps_per_epoch = len(train_set) // p.batch_size
     if steps_per_epoch == 0:
         raise ConfigError(f"pretrain.batch_size {p.batch_size} exceeds the {len(train_set)} "
@@ -483,6 +493,10 @@ def pretrain(config: Config, resume: Optional[str] = None) -> str:
     if sizes and not (config.data.augment and config.data.gpu_augment):
         raise ConfigError("pretrain.size_schedule resizes the batch augmentation: it needs "
                           "data.augment=true and data.gpu_augment=true")
+    emd_loss = None
+    if p.emd_loss_weight > 0:         # with a class tree (checked when the config loaded)
+        emd_loss = load_class_tree(p.class_tree, train_set.classes, p.emd_loss_rho)
+    folder, device, model = _prepare(config, "pretrain")     # the first write, after every check
     n_classes = len(train_set.classes)
     if p.head == "cosine":
         head = CosineClassifier(model.backbone.num_channels, n_classes, p.head_scale).to(device)
@@ -495,6 +509,7 @@ def pretrain(config: Config, resume: Optional[str] = None) -> str:
     path = _resume_path(folder, resume)
     if path:
         stage.restore(path)
+    _begin(config, folder)
 
     rank, size = ddp.world()
     if p.batch_size % size:
@@ -517,10 +532,6 @@ def pretrain(config: Config, resume: Optional[str] = None) -> str:
                         [_item_seed(config.run.seed, epoch, i) for i in positions])
         return _loader(items, config, device, _item_seed(config.run.seed, epoch, offset),
                        batch_size=p.batch_size // size, drop_last=True)
-
-    emd_loss = None
-    if p.emd_loss_weight > 0:         # with a class tree (checked when the config loaded)
-        emd_loss = load_class_tree(p.class_tree, train_set.classes, p.emd_loss_rho).to(device)
 
     augment = _device_augmenter(config, rank, size)
 
@@ -623,6 +634,7 @@ def meta_train(config: Config, resume: Optional[str] = None) -> str:
     path = _resume_path(folder, resume)
     if path:
         stage.restore(path)
+    _begin(config, folder)
     net = ddp.wrap(_Episodic(model), device)
     channels_last = config.run.channels_last
     if channels_last:
