@@ -37,6 +37,15 @@ class EMDResult:
     info: Dict[str, Any] = field(default_factory=dict)
 
 
+def _distinct(t: torch.Tensor) -> torch.Tensor:
+    """The values of ``t`` once each: a tensor expanded along a dimension (stride 0, e.g. one
+    cost matrix broadcast over the batch) is read along that dimension once."""
+    for dim, (size, stride) in enumerate(zip(t.shape, t.stride())):
+        if stride == 0 and size > 1:
+            t = t.narrow(dim, 0, 1)
+    return t
+
+
 def check_problem(cost: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
     """Validate ``cost`` [B, M, N], ``a`` [B, M], ``b`` [B, N]; raise EMDInputError naming the argument."""
     for name, t in (("cost", cost), ("a", a), ("b", b)):
@@ -63,7 +72,7 @@ def check_problem(cost: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
     with torch.no_grad():
         low = {}
         for name, t in (("cost", cost), ("a", a), ("b", b)):
-            low[name], high = (float(v) for v in torch.aminmax(t))     # NaN propagates to both
+            low[name], high = (float(v) for v in torch.aminmax(_distinct(t)))   # NaN propagates to both
             if not (math.isfinite(low[name]) and math.isfinite(high)):
                 raise EMDInputError(f"{name} contains NaN or infinite values")
         sa, sb = a.sum(-1, dtype=torch.float64), b.sum(-1, dtype=torch.float64)   # no half overflow

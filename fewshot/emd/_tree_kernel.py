@@ -4,7 +4,8 @@ The same formula as :class:`fewshot.emd.hierarchy._TreeEMD` (see that module's d
 row by row instead of as products with the sparse ancestor matrix: with ``order`` listing the
 nodes parents first,
 
-* forward: S = p - q, then for the nodes in reverse order S[parent v] += S[v] (subtree sums),
+* forward: S = p - q (with the input checks' sums, minima and non-finite counts on the way),
+  then for the nodes in reverse order S[parent v] += S[v] (subtree sums),
   value = sum_v length_v |S_v|^rho, and the weights w_v = length_v rho |S_v|^(rho-1) sign(S_v)
   kept for the backward pass (in the buffer that held S);
 * backward: G[root] = w[root], then in order G[v] = w[v] + G[parent v] (sums over the ancestors),
@@ -21,13 +22,37 @@ from . import _simplex  # noqa: F401  (numba's threading layer is chosen there)
 
 
 @njit(cache=True, parallel=True)
-def forward(p, q, order, parent, lengths, rho, value, weights):  # pragma: no cover (compiled)
-    """value [B] and weights [B, K] from p, q [B, K] (``weights`` is filled in place)."""
+def forward(p, q, order, parent, lengths, rho, value, weights, stats):  # pragma: no cover (compiled)
+    """value [B] and weights [B, K] from p, q [B, K], filled in place, and per pair the input
+    checks' numbers in the same pass: stats [B, 6] = sum p, sum q, min p, min q and the counts
+    of non-finite entries of p and of q."""
     B, K = p.shape
     for b in prange(B):
         s = weights[b]
+        sp = 0.0
+        sq = 0.0
+        lp = np.inf
+        lq = np.inf
+        bad_p = 0
+        bad_q = 0
         for v in range(K):
-            s[v] = p[b, v] - q[b, v]
+            x = p[b, v]
+            y = q[b, v]
+            if not np.isfinite(x):
+                bad_p += 1
+            if not np.isfinite(y):
+                bad_q += 1
+            sp += x
+            sq += y
+            lp = min(lp, x)
+            lq = min(lq, y)
+            s[v] = x - y
+        stats[b, 0] = sp
+        stats[b, 1] = sq
+        stats[b, 2] = lp
+        stats[b, 3] = lq
+        stats[b, 4] = bad_p
+        stats[b, 5] = bad_q
         for i in range(K - 1, 0, -1):
             v = order[i]
             s[parent[v]] += s[v]

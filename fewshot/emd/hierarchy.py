@@ -184,14 +184,14 @@ class _TreeEMD(torch.autograd.Function):
     ([K, B]: the products with the sparse ancestor matrix read rows), on any device."""
 
     @staticmethod
-    def forward(ctx, p, q, tree, lengths, rho, compiled):
+    def forward(ctx, p, q, tree, lengths, rho, compiled, stats):
         ctx.tree, ctx.compiled = tree, compiled
-        if compiled:
+        if compiled:           # ``stats`` [B, 6] receives the input checks' numbers (numpy)
             from . import _tree_kernel
             value = p.new_empty(p.shape[0])
             weights = torch.empty_like(p, memory_format=torch.contiguous_format)
-            _tree_kernel.forward(p.detach().contiguous().numpy(), q.detach().contiguous().numpy(),
-                                 tree._order, tree._parent, lengths.numpy(), rho, value.numpy(), weights.numpy())
+            _tree_kernel.forward(p.detach().contiguous().numpy(), q.detach().contiguous().numpy(), tree._order,
+                                 tree._parent, lengths.numpy(), rho, value.numpy(), weights.numpy(), stats)
             ctx.save_for_backward(weights)
             return value
         S = tree._matrix(True, p) @ (p - q).t().contiguous()          # [K, B] subtree sums
@@ -212,7 +212,7 @@ class _TreeEMD(torch.autograd.Function):
             mean = g.mean(0, keepdim=True, dtype=torch.float64).to(g.dtype)   # accumulated in float64
             g = ((g - mean) * grad_value).t()
         return (g if ctx.needs_input_grad[0] else None, -g if ctx.needs_input_grad[1] else None,
-                None, None, None, None)
+                None, None, None, None, None)
 
 
 def _as_tree(tree: Union[ClassTree, Sequence[int]], lengths) -> ClassTree:
@@ -223,6 +223,31 @@ def _as_tree(tree: Union[ClassTree, Sequence[int]], lengths) -> ClassTree:
     if isinstance(lengths, torch.Tensor):
         lengths = lengths.detach().cpu().double().tolist()
     return ClassTree(tree, lengths)
+
+
+def _check_histograms(p: torch.Tensor, q: torch.Tensor, stats: Optional[np.ndarray]) -> None:
+    """NaN/inf, negative entries and unequal masses of p, q [B, K] are an EMDInputError; from
+    the compiled forward's ``stats`` [B, 6] where it ran (no torch reductions between kernel
+    calls, whose thread pools would wait on each other), else by torch reductions."""
+    with torch.no_grad():
+        if stats is not None:
+            sp, sq, low, finite = stats[:, 0], stats[:, 1], stats[:, 2:4].min(0), ~stats[:, 4:].any(0)
+        else:
+            sp, sq = (t.sum(-1, dtype=torch.float64).cpu().numpy() for t in (p, q))
+            bounds = [[float(v) for v in torch.aminmax(t)] for t in (p, q)]
+            low, finite = [lo for lo, _ in bounds], [math.isfinite(lo) and math.isfinite(hi) for lo, hi in bounds]
+    for name, ok in zip("pq", finite):
+        if not ok:
+            raise EMDInputError(f"tree_emd: {name} contains NaN or infinite values")
+    for name, lo in zip("pq", low):
+        if lo < 0:
+            raise EMDInputError(f"tree_emd: {name} has negative entries; histograms must be >= 0")
+    rtol = {torch.float64: 1e-6, torch.float32: 1e-4}.get(p.dtype, 1e-2)
+    gap = np.abs(sp - sq) > rtol * np.maximum(np.maximum(sp, sq), np.finfo(np.float64).tiny)
+    if gap.any():
+        i = int(np.flatnonzero(gap)[0])
+        raise EMDInputError(f"tree_emd: p and q must have equal mass per row; row {i} has "
+                            f"sum(p) = {sp[i]:.8g}, sum(q) = {sq[i]:.8g}")
 
 
 def tree_emd(p: torch.Tensor, q: torch.Tensor, tree: Union[ClassTree, Sequence[int]],
@@ -246,28 +271,20 @@ def tree_emd(p: torch.Tensor, q: torch.Tensor, tree: Union[ClassTree, Sequence[i
                             f"node), got {tuple(p.shape)} and {tuple(q.shape)}")
     if not (isinstance(rho, (int, float)) and math.isfinite(rho) and rho >= 1):
         raise EMDInputError(f"tree_emd: rho must be a number >= 1, got {rho!r}")
-    with torch.no_grad():
-        for name, t in (("p", p), ("q", q)):
-            low, high = (float(v) for v in torch.aminmax(t))
-            if not (math.isfinite(low) and math.isfinite(high)):
-                raise EMDInputError(f"tree_emd: {name} contains NaN or infinite values")
-            if low < 0:
-                raise EMDInputError(f"tree_emd: {name} has negative entries; histograms must be >= 0")
-        sp, sq = p.sum(-1), q.sum(-1)
-        rtol = {torch.float64: 1e-6, torch.float32: 1e-4}.get(p.dtype, 1e-2)
-        gap = (sp - sq).abs() > rtol * torch.maximum(sp, sq).clamp_min(torch.finfo(p.dtype).tiny)
-        if bool(gap.any()):
-            i = int(gap.nonzero()[0])
-            raise EMDInputError(f"tree_emd: p and q must have equal mass per row; row {i} has "
-                                f"sum(p) = {float(sp[i]):.8g}, sum(q) = {float(sq[i]):.8g}")
     kernel_ok = p.device.type == "cpu" and p.dtype in (torch.float32, torch.float64)
     if compiled and not kernel_ok:
         raise EMDInputError(f"tree_emd: compiled=True needs float32/float64 tensors on the CPU, got "
                             f"{p.dtype} on {p.device}")
     compiled = kernel_ok if compiled is None else bool(compiled)
+    q = q.to(p.dtype)
+    stats = np.empty((p.shape[0], 6)) if compiled else None
+    if not compiled:                  # checked before; the compiled forward checks on its way
+        _check_histograms(p, q, None)
     work = p if p.dtype in (torch.float32, torch.float64) else p.float()   # half types: in float32
     value = _TreeEMD.apply(work, q.to(work.dtype), tree, tree.lengths.to(p.device, work.dtype), float(rho),
-                           compiled)
+                           compiled, stats)
+    if compiled:
+        _check_histograms(p, q, stats)
     return value.to(p.dtype)
 
 
