@@ -255,14 +255,20 @@ def plot(sweep, path: str) -> None:
             axes[0].plot(lam, [p["sd_over_emd"] for p in pts], color=color, ls=ls, marker=markers[n], ms=4,
                          label=label)
             axes[1].plot(lam, [p["angle_deg"] for p in pts], color=color, ls=ls, marker=markers[n], ms=4)
+            broken = [p["lam"] for p in pts if p["broken"]]
+            for ax in axes:       # pairs where the iteration broke down (NaN): crosses on the axis
+                ax.plot(broken, [0] * len(broken), ls="none", marker="x", color=color, ms=7)
     for ax, ylabel in zip(axes, ("SD / EMD", "angle between SD and EMD gradients (deg)")):
         ax.set_xscale("log")
         ax.set_xlabel("lambda (1 / epsilon, per WordNet edge)")
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
     axes[0].axhline(1.0, color="k", lw=0.6)
+    axes[0].set_ylim(bottom=0)
+    axes[1].set_ylim(bottom=0)
     axes[0].legend(fontsize=6.5)
-    fig.suptitle("Sinkhorn on the 1,000-class WordNet tree (missing points: the iteration broke down)", fontsize=9)
+    fig.suptitle("Sinkhorn on the 1,000-class WordNet tree (x on the axis: the iteration broke down, NaN, "
+                 "for some pairs)", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     print(f"written {path}")
