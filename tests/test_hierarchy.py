@@ -294,3 +294,19 @@ def test_sinkhorn_against_a_one_hot_target_is_the_tree_emd(epsilon):
     pad = torch.zeros(5, 3, dtype=torch.float64)
     closed = tree_emd(torch.cat([p, pad], 1), torch.cat([q, pad], 1), tree, rho=1.0)
     torch.testing.assert_close(sd, closed, rtol=1e-9, atol=0)
+
+
+def test_sinkhorn_shared_cost_drops_converged_problems_without_copying_the_cost():
+    """Problems that converge stop iterating while the rest go on (no autograd), also for a
+    cost expanded over the batch; the answers equal those of the materialised cost."""
+    g = torch.Generator().manual_seed(8)
+    cost = torch.rand(10, 10, generator=g, dtype=torch.float64)
+    a = torch.rand(6, 10, generator=g, dtype=torch.float64) + 0.05
+    a[:3] = 1.0                                               # uniform rows: converge at once
+    a = a / a.sum(1, keepdim=True)
+    b = torch.full((6, 10), 0.1, dtype=torch.float64)
+    shared = emd.solve(cost[None].expand(6, -1, -1), a, b, solver="sinkhorn", epsilon=0.02, tol=1e-9)
+    dense = emd.solve(cost[None].repeat(6, 1, 1), a, b, solver="sinkhorn", epsilon=0.02, tol=1e-9)
+    assert shared.info["engine"] == "kernel" and bool(shared.info["converged"].all())
+    torch.testing.assert_close(shared.value, dense.value, rtol=1e-12, atol=0)
+    torch.testing.assert_close(shared.plan, dense.plan, rtol=0, atol=1e-12)

@@ -82,12 +82,17 @@ class _LogSumExp:
         return (high - low) / eps <= _span_limit(cost.dtype)
 
     def select(self, keep: torch.Tensor) -> "_LogSumExp":
+        """The same reductions for the problems ``keep`` (a boolean mask [B]); a shared cost
+        stays one expanded matrix (no [B', M, N] copy)."""
         other = object.__new__(_LogSumExp)
         other.__dict__.update(self.__dict__)
-        other.cost = self.cost[keep]
-        if self.kernel and not self.shared:
-            other.K, other.low = self.K[keep], self.low[keep]
-        other.shared = self.shared and other.cost.shape[0] > 1 and other.cost.stride(0) == 0
+        if self.shared:
+            other.cost = self.cost[:1].expand(int(keep.sum()), -1, -1)
+            other.shared = other.cost.shape[0] > 1
+        else:
+            other.cost = self.cost[keep]
+            if self.kernel:
+                other.K, other.low = self.K[keep], self.low[keep]
         return other
 
     def _product(self, v: torch.Tensor, transpose: bool) -> torch.Tensor:
