@@ -32,7 +32,6 @@ float32 and float64; NaN where an iteration broke down (division by an underflow
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import statistics
 import time

@@ -54,9 +54,9 @@ class Predictor:
     def __init__(self, model, config, source: str):
         self.model, self.config, self.source = model.eval(), config, source
         self.device = next(model.parameters()).device
-        from .data.transforms import build_transform
+        from .data.transforms import build_transform, image_mode
         self._transform = build_transform(config.data.transform, config.data.image_size, train=False)
-        self._mode = "L" if config.data.transform == "grayscale" else "RGB"
+        self._mode = image_mode(config.data.transform)
         self.classes_: List[Any] = []
 
     def _batch(self, images: Sequence[Any], what: str) -> torch.Tensor:

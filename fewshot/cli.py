@@ -288,9 +288,8 @@ def _visualize(argv: Optional[List[str]]) -> int:
 
 
 def _images_in(folder: str, flag: str) -> List[str]:
-    from .data.datasets import IMAGE_EXTENSIONS
-    files = sorted(os.path.join(folder, f) for f in os.listdir(folder)
-                   if f.lower().endswith(IMAGE_EXTENSIONS) and os.path.isfile(os.path.join(folder, f)))
+    from .data.datasets import IMAGE_EXTENSIONS, list_images
+    files = list_images(folder)
     if not files:
         raise FewShotError(f"{flag} {folder!r} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
     return files
@@ -309,7 +308,8 @@ def _predict(argv: Optional[List[str]]) -> int:
     args = parser.parse_args(argv)
     if not os.path.isdir(args.support):
         raise FewShotError(f"--support {args.support!r} is not a folder (expected one sub-folder per class)")
-    classes = sorted(d for d in os.listdir(args.support) if os.path.isdir(os.path.join(args.support, d)))
+    from .data.datasets import class_folders
+    classes = class_folders(args.support)
     if len(classes) < 2:
         raise FewShotError(f"--support {args.support!r} has {len(classes)} class folder(s); expected at "
                            f"least 2 sub-folders, one per class")

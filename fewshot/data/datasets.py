@@ -145,12 +145,14 @@ def _from_class_lists(class_names: List[str], files: List[List[str]], root: str,
     return ImageDataset(paths, labels, class_names, root=root, **kw)
 
 
-def _list_images(folder: str) -> List[str]:
+def list_images(folder: str) -> List[str]:
+    """The image files (IMAGE_EXTENSIONS) directly in ``folder``, sorted."""
     return sorted(os.path.join(folder, f) for f in os.listdir(folder)
                   if f.lower().endswith(IMAGE_EXTENSIONS))
 
 
-def _class_folders(folder: str) -> List[str]:
+def class_folders(folder: str) -> List[str]:
+    """The sub-folders of ``folder`` (hidden ones excluded), sorted."""
     return sorted(d for d in os.listdir(folder) if os.path.isdir(os.path.join(folder, d))
                   and not d.startswith("."))
 
@@ -207,10 +209,10 @@ def _split_folder_dataset(root: str, split: str, mode: str = "RGB") -> ImageData
     if not os.path.isdir(folder):
         raise DataError(f"split folder {folder!r} does not exist; expected "
                         f"{root}/{split}/<class>/<image> (one folder per class)")
-    names = _class_folders(folder)
+    names = class_folders(folder)
     if not names:
         raise DataError(f"split folder {folder!r} holds no class folders")
-    files = [_list_images(os.path.join(folder, c)) for c in names]
+    files = [list_images(os.path.join(folder, c)) for c in names]
     return _from_class_lists(names, files, root, mode=mode)
 
 
@@ -299,7 +301,7 @@ def cub_official(root: str, split: str, split_file: str = "", bounding_box: bool
     image_dir = os.path.join(root, "images")
     if not os.path.isdir(image_dir):
         raise DataError(f"CUB folder {image_dir!r} does not exist; expected CUB_200_2011/images/<class>/")
-    folders = _class_folders(image_dir)
+    folders = class_folders(image_dir)
     if split_file:
         names = _read_split_json(split_file, split)
         missing = [c for c in names if c not in folders]
@@ -321,7 +323,7 @@ def cub_official(root: str, split: str, split_file: str = "", bounding_box: bool
                             f"do not exist, e.g. {absent[0]!r}")
         files = [sorted(by_class[c]) for c in names]
     else:
-        files = [_list_images(os.path.join(image_dir, c)) for c in names]
+        files = [list_images(os.path.join(image_dir, c)) for c in names]
     empty = [c for c, fs in zip(names, files) if not fs]
     if empty:
         raise DataError(f"CUB classes {empty[:3]} of split {split!r} have no images in {image_dir!r}")
@@ -449,7 +451,7 @@ def omniglot(root: str, split: str, alphabets: Optional[Dict[str, List[str]]] = 
     for part in ("images_background", "images_evaluation"):
         folder = os.path.join(root, part)
         if os.path.isdir(folder):
-            for a in _class_folders(folder):
+            for a in class_folders(folder):
                 locations[a] = folder
     if not locations:
         raise DataError(f"Omniglot root {root!r}: expected images_background/ and/or "
@@ -472,9 +474,9 @@ def omniglot(root: str, split: str, alphabets: Optional[Dict[str, List[str]]] = 
         raise DataError(f"Omniglot root {root!r}: alphabets {missing[:3]} not found")
     names, files = [], []
     for a in chosen:
-        for ch in _class_folders(os.path.join(locations[a], a)):
+        for ch in class_folders(os.path.join(locations[a], a)):
             names.append(f"{a}/{ch}")
-            files.append(_list_images(os.path.join(locations[a], a, ch)))
+            files.append(list_images(os.path.join(locations[a], a, ch)))
     angles = [0, 90, 180, 270] if rotations else [0]
     paths, labels, rots, classes = [], [], [], []
     for angle in angles:
@@ -497,11 +499,11 @@ def image_folder(root: str, split: str, split_file: str = "") -> ImageDataset:
     if split == "all" and not split_file:
         if not os.path.isdir(root):
             raise DataError(f"folder dataset {root!r} does not exist")
-        names = _class_folders(root)
+        names = class_folders(root)
         if len(names) < 2:
             raise DataError(f"folder dataset {root!r}: split 'all' needs at least 2 class folders, "
                             f"found {len(names)}")
-        files = [_list_images(os.path.join(root, c)) for c in names]
+        files = [list_images(os.path.join(root, c)) for c in names]
         empty = [c for c, f in zip(names, files) if not f]
         if empty:
             raise DataError(f"folder dataset {root!r}: class folder(s) {empty[:3]} hold no images")
@@ -515,4 +517,4 @@ def image_folder(root: str, split: str, split_file: str = "") -> ImageDataset:
         if not os.path.isdir(os.path.join(root, c)):
             raise DataError(f"split file {split_file!r}: class folder {os.path.join(root, c)!r} "
                             f"does not exist")
-    return _from_class_lists(names, [_list_images(os.path.join(root, c)) for c in names], root)
+    return _from_class_lists(names, [list_images(os.path.join(root, c)) for c in names], root)

@@ -13,6 +13,12 @@ MEAN = (125.3 / 255.0, 123.0 / 255.0, 113.9 / 255.0)
 STD = (63.0 / 255.0, 62.1 / 255.0, 66.7 / 255.0)
 
 
+def image_mode(kind: str) -> str:
+    """The PIL mode the transform ``kind`` feeds the backbone: "L" (1 channel) for
+    ``grayscale``, else "RGB" (3 channels)."""
+    return "L" if kind == "grayscale" else "RGB"
+
+
 def build_transform(kind: str = "deepemd", image_size: int = 84, train: bool = False,
                     on_device: bool = False, crop_scale: Tuple[float, float] = (0.08, 1.0)) -> Callable:
     """Return the transform for one split.

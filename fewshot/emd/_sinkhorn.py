@@ -36,7 +36,7 @@ from typing import Optional, Tuple
 
 import torch
 
-from ._problem import EMDInputError, EMDResult, EMDSolverError
+from ._problem import EMDInputError, EMDResult, EMDSolverError, _distinct
 from ._solver import Option, SolverSpec
 
 
@@ -77,8 +77,7 @@ class _LogSumExp:
 
     @staticmethod
     def stable(cost: torch.Tensor, eps: float) -> bool:
-        c = cost[:1] if cost.stride(0) == 0 else cost
-        low, high = (float(v) for v in torch.aminmax(c.detach()))
+        low, high = (float(v) for v in torch.aminmax(_distinct(cost.detach())))
         return (high - low) / eps <= _span_limit(cost.dtype)
 
     def select(self, keep: torch.Tensor) -> "_LogSumExp":
@@ -95,13 +94,12 @@ class _LogSumExp:
                 other.K, other.low = self.K[keep], self.low[keep]
         return other
 
-    def _product(self, v: torch.Tensor, transpose: bool) -> torch.Tensor:
-        """K v [B, M] (or K^T v [B, N]) for v [B, N] (or [B, M])."""
-        if self.K.shape[0] == 1:
-            K = self.K[0]
-            return v @ (K if transpose else K.t())
-        K = self.K.transpose(1, 2) if transpose else self.K
-        return torch.bmm(K, v[:, :, None])[:, :, 0]
+    @staticmethod
+    def _product(K: torch.Tensor, v: torch.Tensor, transpose: bool) -> torch.Tensor:
+        """K v [B, M] (or K^T v [B, N]) for K [B or 1, M, N] and v [B, N] (or [B, M])."""
+        if K.shape[0] == 1:
+            return v @ (K[0] if transpose else K[0].t())
+        return torch.bmm(K.transpose(1, 2) if transpose else K, v[:, :, None])[:, :, 0]
 
     def _reduce(self, h: torch.Tensor, transpose: bool) -> torch.Tensor:
         if not self.kernel:
@@ -109,7 +107,7 @@ class _LogSumExp:
             return _lse(x, 1 if transpose else 2)
         m = (h / self.eps).amax(1, keepdim=True).detach()
         m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
-        return self._product(torch.exp(h / self.eps - m), transpose).log() + m - self.low
+        return self._product(self.K, torch.exp(h / self.eps - m), transpose).log() + m - self.low
 
     def rows(self, g: torch.Tensor) -> torch.Tensor:
         return self._reduce(g, transpose=False)
@@ -127,8 +125,7 @@ class _LogSumExp:
         mf = (f / self.eps).amax(1, keepdim=True).detach()
         mg = (g / self.eps).amax(1, keepdim=True).detach()
         u, v = torch.exp(f / self.eps - mf), torch.exp(g / self.eps - mg)
-        Kv = v @ KC[0].t() if KC.shape[0] == 1 else torch.bmm(KC, v[:, :, None])[:, :, 0]
-        return (u * Kv).sum(1) * torch.exp(mf + mg - self.low)[:, 0]
+        return (u * self._product(KC, v, False)).sum(1) * torch.exp(mf + mg - self.low)[:, 0]
 
 
 def _iterate(ops, log_a, log_b, f, g, max_iter, tol, mass, check_every=10):

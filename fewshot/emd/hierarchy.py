@@ -118,10 +118,10 @@ class ClassTree:
             raise ConfigError(f"{where}: nodes, parents and lengths differ in length")
         if classes is None:
             return cls(parents, lengths, nodes, where=where)
-        missing = [c for c in classes if c not in set(nodes)]
+        index = {n: i for i, n in enumerate(nodes)}
+        missing = [c for c in classes if c not in index]
         if missing:
             raise ConfigError(f"{where}: classes {missing[:3]} are not nodes of the tree")
-        index = {n: i for i, n in enumerate(nodes)}
         chosen = set(classes)
         order = [index[c] for c in classes] + [i for i, n in enumerate(nodes) if n not in chosen]
         new = {old: i for i, old in enumerate(order)}
@@ -194,7 +194,7 @@ class _TreeEMD(torch.autograd.Function):
                                  tree._parent, lengths.numpy(), rho, value.numpy(), weights.numpy(), stats)
             ctx.save_for_backward(weights)
             return value
-        S = tree._matrix(True, p) @ (p - q).t().contiguous()          # [K, B] subtree sums
+        S = tree.subtree_sums(p - q).t()                                # node-major [K, B]
         value, slope = _powers(S, rho)
         ctx.save_for_backward(lengths[:, None] * slope)
         return lengths @ value
@@ -208,7 +208,7 @@ class _TreeEMD(torch.autograd.Function):
             _tree_kernel.backward(weights.numpy(), ctx.tree._order, ctx.tree._parent,
                                   grad_value.detach().to(weights.dtype).contiguous().numpy(), g.numpy())
         else:
-            g = ctx.tree._matrix(False, weights) @ weights                # [K, B] path sums
+            g = ctx.tree.path_sums(weights.t()).t()                       # node-major [K, B]
             mean = g.mean(0, keepdim=True, dtype=torch.float64).to(g.dtype)   # accumulated in float64
             g = ((g - mean) * grad_value).t()
         return (g if ctx.needs_input_grad[0] else None, -g if ctx.needs_input_grad[1] else None,

@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from ..config import Config, save_config, size_schedule
 from ..data import EpisodeSampler, ManifestSampler, build_dataset, build_transform, device_augment
+from ..data.transforms import image_mode
 from ..data.datasets import ImageDataset
 from ..emd.hierarchy import load_class_tree
 from ..errors import ConfigError, FewShotError
@@ -175,7 +176,7 @@ def build_model(config: Config) -> FewShotClassifier:
     ConfigError naming the keys (before any output is written)."""
     m = config.model
     model = create_model(m.method, m.backbone, m.backbone_options, m.options)
-    channels = 1 if config.data.transform == "grayscale" else 3
+    channels = len(image_mode(config.data.transform))      # "L" -> 1, "RGB" -> 3
     size = config.data.image_size
     probe = torch.zeros(1, channels, size, size)
     was_training = model.training
