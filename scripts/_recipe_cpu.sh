@@ -8,7 +8,7 @@ D=${1:?usage: $0 DATA_ROOT OUT [key=value ...]}
 R=${2:?usage: $0 DATA_ROOT OUT [key=value ...]}
 shift 2
 PY=${PYTHON:-.venv/bin/python}
-E1=${EPISODES_1SHOT:-1000}; E5=${EPISODES_5SHOT:-100}
+E1=${EPISODES_1SHOT:-1000}; E5=${EPISODES_5SHOT:-600}
 if [ "${SMOKE:-0}" = 1 ]; then   # a few steps of every stage on tiny images: what the tests run
   TRAIN=(--device cpu data.image_size=32 "pretrain.size_schedule=[[0,16],[1,32]]" pretrain.epochs=2
          pretrain.batch_size=8 pretrain.val_every=1 pretrain.val_episodes=2 meta.epochs=2

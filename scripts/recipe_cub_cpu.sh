@@ -6,7 +6,7 @@
 # (cross-domain, Chen et al. 2019: no retraining). Each step is skipped when its output
 # exists, so the script resumes step by step.
 #   bash scripts/recipe_cub_cpu.sh PATH/cub OUT [key=value ...]
-# Env: EPISODES_1SHOT (default 1000), EPISODES_5SHOT (default 100), MINI_RUN, PYTHON, SMOKE=1.
+# Env: EPISODES_1SHOT (default 1000), EPISODES_5SHOT (default 600), MINI_RUN, PYTHON, SMOKE=1.
 CFG=configs/conv4_cub.yaml
 source "$(dirname "$0")/_recipe_cpu.sh"
 if [ -n "${MINI_RUN:-}" ]; then   # cross-domain: miniImageNet models on the same CUB episodes

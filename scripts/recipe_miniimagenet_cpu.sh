@@ -8,7 +8,7 @@
 # resumes step by step. Raw results (JSON), logs, TensorBoard scalars, the per-step and total
 # wall times (times.txt) and the learning curves (curves.png) land in OUT.
 #   bash scripts/recipe_miniimagenet_cpu.sh PATH/miniimagenet OUT [key=value ...]
-# Env: EPISODES_1SHOT (default 1000), EPISODES_5SHOT (default 100), PYTHON (default
+# Env: EPISODES_1SHOT (default 1000), EPISODES_5SHOT (default 600), PYTHON (default
 # .venv/bin/python), SMOKE=1 (a few steps of every stage on tiny images: what the tests run).
 CFG=configs/conv4_miniimagenet.yaml
 source "$(dirname "$0")/_recipe_cpu.sh"
@@ -23,5 +23,9 @@ step "$R/pretrained_protonet_val_1shot.json" eval.log \
 step "$R/pretrained_simpleshot_l2n_val_1shot.json" eval.log \
   $PY eval.py --checkpoint "$R/pretrain/best.pt" --episodes-file "$M1" --split val \
   --result "$R/pretrained_simpleshot_l2n_val_1shot.json" model.method=protonet model.options=null \
+  model.options.normalize=l2n "${EVAL[@]}" "$@"
+step "$R/pretrained_simpleshot_l2n_val_5shot.json" eval.log \
+  $PY eval.py --checkpoint "$R/pretrain/best.pt" --episodes-file "$M5" --split val --shot 5 \
+  --result "$R/pretrained_simpleshot_l2n_val_5shot.json" model.method=protonet model.options=null \
   model.options.normalize=l2n "${EVAL[@]}" "$@"
 finish "miniImageNet val, 5-way 1-shot, Conv-4, 2 CPU cores" --reference mini
