@@ -100,7 +100,26 @@ class Predictor:
         self.classes_ = classes
         index = torch.tensor([classes.index(x) for x in labels], device=self.device)
         self.model.process_support_set(batch, index)
+        self._support = (batch, index)
         return self
+
+    @torch.no_grad()
+    def explain(self, images: Sequence[Any], top_flows: int = 10):
+        """What a DeepEMD model matched for each query image: ``(explanations, episode)`` for
+        :func:`fewshot.viz.draw` (the query labels are unknown, -1: each query is drawn against
+        the support image of its predicted class)."""
+        from .data.episodes import Episode
+        from .viz import explain_episode
+        if not self.classes_:
+            raise FewShotError("fit(support images, labels) before explaining queries")
+        if not self.model.offers_matching:
+            raise FewShotError(f"{self.source}: a {type(self.model).__name__} model has no matching to "
+                               f"draw (only DeepEMD models do)")
+        support, index = self._support
+        query = self._batch(images, "query")
+        episode = Episode(support, index, query, torch.full((len(query),), -1, device=self.device),
+                          [str(c) for c in self.classes_], None)
+        return explain_episode(self.model, episode, top_flows_per_class=top_flows), episode
 
     @torch.no_grad()
     def logits(self, images: Sequence[Any]) -> torch.Tensor:

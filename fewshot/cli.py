@@ -233,6 +233,15 @@ def _eval(argv: Optional[List[str]]) -> int:
     return 0
 
 
+def _check_picture_path(parser, flag: str, path: str) -> None:
+    """A usage error unless ``path`` ends in an extension matplotlib writes."""
+    from matplotlib.figure import Figure
+    kinds = Figure().canvas.get_supported_filetypes()
+    if os.path.splitext(path)[1].lower().lstrip(".") not in kinds:
+        parser.error(f"argument {flag}: {path!r} is not a picture file matplotlib writes; end it in "
+                     f"{', '.join('.' + k for k in sorted(kinds))}")
+
+
 def _visualize(argv: Optional[List[str]]) -> int:
     parser = _Parser(
         prog="visualize.py", description="Draw what a DeepEMD checkpoint matched in one episode.")
@@ -251,19 +260,13 @@ def _visualize(argv: Optional[List[str]]) -> int:
     args = _parse(parser, argv)
     if args.top_flows < 0:
         parser.error(f"argument --top-flows: expected a count >= 0, got {args.top_flows}")
-    from matplotlib.figure import Figure
-    kinds = Figure().canvas.get_supported_filetypes()
-    ext = os.path.splitext(args.out)[1].lower().lstrip(".")
-    if ext not in kinds:
-        parser.error(f"argument --out: {args.out!r} is not a picture file matplotlib writes; end it in "
-                     f"{', '.join('.' + k for k in sorted(kinds))}")
+    _check_picture_path(parser, "--out", args.out)
     from .engine import episode_sampler, load_trained
-    from .models import DeepEMD
     from .viz import draw, explain_episode
 
     overrides = _flag_overrides(args, EVAL_FLAGS)
     config, model = load_trained(args.checkpoint, overrides + args.overrides)
-    if not isinstance(model, DeepEMD):
+    if not model.offers_matching:
         raise FewShotError(f"--checkpoint {args.checkpoint!r}: visualize.py draws DeepEMD matchings; "
                            f"this checkpoint is a {config.model.method!r} model")
     e, ev = config.episode, config.eval
@@ -305,7 +308,14 @@ def _predict(argv: Optional[List[str]]) -> int:
     parser.add_argument("--query", required=True, nargs="+", help="query image files or folders of images")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     parser.add_argument("--json", action="store_true", help="print one JSON document instead of lines")
+    parser.add_argument("--explain", metavar="OUT.png", help="draw what DeepEMD matched for each query "
+                        "(as visualize.py): OUT.png for one query, OUT_q<i>.png for query i of several")
+    parser.add_argument("--top-flows", type=int, default=10, help="largest flows drawn (--explain)")
     args = parser.parse_args(argv)
+    if args.explain:
+        _check_picture_path(parser, "--explain", args.explain)
+    if args.top_flows < 0:
+        parser.error(f"argument --top-flows: expected a count >= 0, got {args.top_flows}")
     if not os.path.isdir(args.support):
         raise FewShotError(f"--support {args.support!r} is not a folder (expected one sub-folder per class)")
     from .data.datasets import class_folders
@@ -328,12 +338,27 @@ def _predict(argv: Optional[List[str]]) -> int:
             raise FewShotError(f"--query {q!r}: no such file or folder")
     from .api import load
     clf = load(args.checkpoint, device=args.device)
+    if args.explain and not clf.model.offers_matching:
+        raise FewShotError(f"--explain: the {clf.config.model.method!r} model of --checkpoint "
+                           f"{args.checkpoint!r} has no matching to draw (DeepEMD models do)")
     clf.fit(support, labels)
     proba = clf.predict_proba(queries)
+    pictures = []
+    if args.explain:
+        from .viz import draw
+        os.makedirs(os.path.dirname(os.path.abspath(args.explain)), exist_ok=True)
+        explanations, episode = clf.explain(queries, args.top_flows)
+        stem, ext = os.path.splitext(args.explain)
+        for e in explanations:
+            path = args.explain if len(queries) == 1 else f"{stem}_q{e.query}{ext}"
+            draw([e], episode).savefig(path, dpi=110)
+            pictures.append(path)
     shots = sorted({labels.count(c) for c in classes})
     rows = [{"query": q, "prediction": classes[int(p.argmax())],
              "probabilities": {c: round(float(v), 4) for c, v in zip(classes, p)}} for q, p in zip(queries, proba)]
     if args.json:
+        for r, path in zip(rows, pictures):
+            r["explanation"] = path
         print(json.dumps({"checkpoint": clf.source, "classes": classes, "support_images": len(support),
                           "queries": rows}, indent=1))
         return 0
@@ -342,6 +367,8 @@ def _predict(argv: Optional[List[str]]) -> int:
         ranked = sorted(r["probabilities"].items(), key=lambda kv: -kv[1])
         print(f"{r['query']}: {r['prediction']} ({ranked[0][1]:.2f}); "
               + ", ".join(f"{c} {p:.2f}" for c, p in ranked[1:4]))
+    for path in pictures:
+        print(f"written {path}")
     return 0
 
 

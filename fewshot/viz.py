@@ -25,7 +25,7 @@ import torch
 
 from .data.episodes import Episode
 from .data.transforms import MEAN, STD
-from .models.deepemd import DeepEMD
+from .models.classifier import FewShotClassifier
 
 
 @dataclass
@@ -45,8 +45,8 @@ class Matching:
 
 @dataclass
 class QueryExplanation:
-    """query: index into the episode's queries; label, predicted: episode labels;
-    logits: [n_way]; matchings: class -> Matching (predicted and true class);
+    """query: index into the episode's queries; label, predicted: episode labels (label -1:
+    unknown); logits: [n_way]; matchings: class -> Matching (predicted and true class);
     query_boxes: [M, 4] and support_boxes: [N, 4], node regions as (x0, y0, x1, y1) px."""
     query: int
     label: int
@@ -65,11 +65,13 @@ def top_flows(plan: torch.Tensor, k: int) -> List[Tuple[int, int, float]]:
 
 
 @torch.no_grad()
-def explain_episode(model: DeepEMD, episode: Episode, queries: Optional[Sequence[int]] = None,
+def explain_episode(model: FewShotClassifier, episode: Episode, queries: Optional[Sequence[int]] = None,
                     top_flows_per_class: int = 10) -> List[QueryExplanation]:
-    """Explain the model's decision for ``queries`` (default: all) of ``episode``."""
-    if not isinstance(model, DeepEMD):
-        raise TypeError(f"explain_episode needs a DeepEMD model, got {type(model).__name__}")
+    """Explain the model's decision for ``queries`` (default: all) of ``episode``. A query
+    label of -1 means unknown (your own images): only the predicted class is explained."""
+    if not model.offers_matching:
+        raise TypeError(f"explain_episode needs a model that offers a matching (DeepEMD), "
+                        f"got {type(model).__name__}")
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
@@ -89,7 +91,7 @@ def explain_episode(model: DeepEMD, episode: Episode, queries: Optional[Sequence
         label, predicted = int(ep.query_labels[i]), int(logits[k].argmax())
         matchings = {c: Matching(float(logits[k, c]), a[k, c].cpu(), b[k, c].cpu(), plan[k, c].cpu(),
                                  top_flows(plan[k, c].cpu(), top_flows_per_class))
-                     for c in dict.fromkeys([predicted, label])}
+                     for c in dict.fromkeys([predicted] + ([label] if label >= 0 else []))}
         out.append(QueryExplanation(i, label, predicted, logits[k].cpu(), matchings,
                                     query_boxes.cpu(), support_boxes.cpu()))
     model.train(was_training)
@@ -148,8 +150,9 @@ def draw(explanations: Sequence[QueryExplanation], episode: Episode, class_names
         kind = "predicted" + (" = true" if c == e.label else "") if c == e.predicted else "true"
         scores = " ".join(f"{v:.1f}" for v in e.logits.tolist())
         support_index = int((episode.support_labels == c).nonzero()[0])
+        known = f" (class {episode.classes[e.label]})" if e.label >= 0 else ""
         _panel(ax_q, episode.query_images[e.query], e.query_boxes, m.a,
-               f"query {e.query} (class {episode.classes[e.label]})\nlogits: {scores}")
+               f"query {e.query}{known}\nlogits: {scores}")
         _panel(ax_s, episode.support_images[support_index], e.support_boxes, m.b,
                f"{kind}: {name}, logit {m.logit:.2f}" + (f"\n(SFC prototype of {n_shot} shots)"
                                                          if n_shot > 1 else ""))

@@ -126,3 +126,30 @@ def test_names_resolve_to_shipped_models_and_unknown_names_are_one_line(trained,
         assert predict_main(args) == 2
         err = capfd.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("error: ") and culprit in err[0], err
+
+
+def test_predict_explain_draws_each_query_with_the_logits_of_predict(trained, tmp_path, capfd):
+    support, queries = _support(trained, "explain", 3)
+    clf = fewshot.load(trained["checkpoint"])
+    classes = sorted(os.listdir(support))
+    images = [os.path.join(support, c, f) for c in classes for f in sorted(os.listdir(os.path.join(support, c)))]
+    clf.fit(images, [c for c in classes for _ in range(3)])
+    explanations, episode = clf.explain(queries[:2])
+    logits = clf.logits(queries[:2])
+    for e, row in zip(explanations, logits):
+        torch.testing.assert_close(e.logits, row, rtol=1e-5, atol=1e-5)
+        assert e.label == -1 and list(e.matchings) == [int(row.argmax())]
+    out = tmp_path / "match.png"
+    assert predict_main(["--checkpoint", trained["checkpoint"], "--support", support, "--query", *queries[:2],
+                         "--explain", str(out)]) == 0
+    assert [p.name for p in sorted(tmp_path.iterdir())] == ["match_q0.png", "match_q1.png"]
+    assert Image.open(tmp_path / "match_q0.png").size[0] > 100
+    single = tmp_path / "one.png"
+    assert predict_main(["--checkpoint", trained["checkpoint"], "--support", support, "--query", queries[0],
+                         "--explain", str(single)]) == 0
+    assert single.is_file()
+    capfd.readouterr()
+    assert predict_main(["--checkpoint", trained["checkpoint"], "--support", support, "--query", queries[0],
+                         "--explain", str(tmp_path / "x.nope")]) == 2
+    err = capfd.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--explain" in err[0] and "x.nope" in err[0], err

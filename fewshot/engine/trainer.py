@@ -673,10 +673,9 @@ def meta_train(config: Config, resume: Optional[str] = None) -> str:
 
 
 def _matching_picture(config: Config, model: FewShotClassifier, n_way: int, n_shot: int):
-    """For DeepEMD: ``on_validate`` drawing the matching of the first query of validation
+    """For a method that offers a matching (DeepEMD): ``on_validate`` drawing the matching of the first query of validation
     episode 0 (fixed by eval.seed) to TensorBoard as ``val/matching``; else None."""
-    from ..models import DeepEMD
-    if not isinstance(model, DeepEMD):
+    if not model.offers_matching:
         return None
     sampler = episode_sampler(config, config.data.val_split, n_way, n_shot, config.eval.n_query,
                               seed=config.eval.seed)

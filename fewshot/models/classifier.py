@@ -29,7 +29,12 @@ def methods() -> List[str]:
 
 
 class FewShotClassifier(nn.Module):
-    """Base class. Subclasses implement ``encode``, ``fit_support`` and ``score``."""
+    """Base class. Subclasses implement ``encode``, ``fit_support`` and ``score``.
+
+    ``offers_matching``: the method matches query nodes to prototype nodes, and
+    :func:`fewshot.viz.explain_episode` can draw that matching (DeepEMD)."""
+
+    offers_matching = False
 
     def __init__(self, backbone: Backbone):
         super().__init__()

@@ -484,6 +484,8 @@ class DeepEMD(FewShotClassifier):
     here) and the Structured FC fitter (``sfc``).
     """
 
+    offers_matching = True
+
     def __init__(self, backbone: Backbone, patch: str = "fcn", pyramid: Sequence[int] = (),
                  grid: Sequence[int] = (2, 3), context_train: Sequence[float] = (1.0, 3.0),
                  context_test: float = 2.0, num_patch: int = 9, patch_size: int = 84,
