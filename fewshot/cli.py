@@ -77,17 +77,20 @@ def _one_line(e: FewShotError) -> str:
 
 
 def _result_path(checkpoint: str, config, info: dict, n_way: int, n_shot: int, n_episodes: int) -> str:
-    """The default result file beside the checkpoint, named by what it measured (dataset, split,
-    way/shot, method and solver, episodes, seed or manifest); an existing file is never replaced
-    (``_2``, ``_3``, ... are appended)."""
+    """The default result file beside the checkpoint (in the working folder for a shipped
+    model's name, which it starts with), named by what it measured (dataset, split, way/shot,
+    method and solver, episodes, seed or manifest); an existing file is never replaced (``_2``,
+    ``_3``, ... are appended)."""
     ev = config.eval
     method = config.model.method + (f"-{info['eval_solver']}" if "eval_solver" in info else "")
     normalize = (config.model.options or {}).get("normalize")
     method += f"-{normalize}" if normalize else ""
     episodes = (f"{os.path.splitext(os.path.basename(ev.episodes_file))[0]}" if ev.episodes_file
                 else f"seed{ev.seed}")
-    stem = os.path.join(os.path.dirname(os.path.abspath(checkpoint)),
-                        f"eval_{config.data.name}_{ev.split}_{n_way}way{n_shot}shot_{method}_"
+    folder, name = os.path.dirname(os.path.abspath(checkpoint)), ""
+    if not os.path.isfile(checkpoint):                    # a shipped model's name
+        folder, name = os.getcwd(), checkpoint + "_"
+    stem = os.path.join(folder, f"eval_{name}{config.data.name}_{ev.split}_{n_way}way{n_shot}shot_{method}_"
                         f"{n_episodes}ep_{episodes}")
     path, k = stem + ".json", 2
     while os.path.exists(path):
@@ -134,7 +137,8 @@ def _train(argv: Optional[List[str]]) -> int:
     parser.add_argument("--out", help="output folder (run.out)")
     parser.add_argument("--resume", nargs="?", const="", default=None, metavar="CHECKPOINT",
                         help="continue from CHECKPOINT (default: the stage's last.pt in --out)")
-    parser.add_argument("--max-steps", type=int, help="stop each stage after N optimisation steps")
+    parser.add_argument("--max-steps", type=int, help="stop each stage after N optimisation steps (it still validates on "
+                        "{pretrain,meta}.val_episodes episodes at the end; lower them for a quick try)")
     _common(parser)
     args = _parse(parser, argv)
     if args.resume and "=" in args.resume and not os.path.isfile(args.resume):

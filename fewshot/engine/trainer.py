@@ -474,12 +474,20 @@ def _resume_path(folder: str, resume: Optional[str]) -> Optional[str]:
     return path
 
 
-def _validator(config: Config, model: FewShotClassifier, device: torch.device, n_episodes: int,
+def _validator(config: Config, model: FewShotClassifier, device: torch.device, stage: str,
                n_way: int, n_shot: int):
+    """Validation of a stage on ``{stage}.val_episodes`` fixed episodes; it says how many
+    before it starts (a short ``--max-steps`` run still validates on all of them)."""
+    n_episodes = getattr(config, stage).val_episodes
     sampler = episode_sampler(config, config.data.val_split, n_way, n_shot, config.eval.n_query,
                               seed=config.eval.seed)
-    return lambda: evaluate(model, sampler, n_episodes, device, progress=False,
-                            channels_last=config.run.channels_last)
+
+    def validate():
+        log(f"[{stage}] validating on {n_episodes} {n_way}-way {n_shot}-shot episodes of "
+            f"{config.data.val_split} ({stage}.val_episodes={n_episodes})")
+        return evaluate(model, sampler, n_episodes, device, progress=False,
+                        channels_last=config.run.channels_last)
+    return validate
 
 
 def pretrain(config: Config, resume: Optional[str] = None) -> str:
@@ -550,7 +558,7 @@ def pretrain(config: Config, resume: Optional[str] = None) -> str:
 
     log(f"[pretrain] {len(train_set.classes)} classes, {len(train_set)} images, "
         f"{steps_per_epoch} steps/epoch on {device}" + (f" x {size} processes" if size > 1 else ""))
-    validate = _validator(config, model, device, p.val_episodes, 5, 1)
+    validate = _validator(config, model, device, "pretrain", 5, 1)
     _run_epochs(stage, p.epochs, steps_per_epoch, batches, step_fn, validate, unit="images",
                 val_every=p.val_every)
     return os.path.join(folder, "best.pt")
@@ -603,7 +611,10 @@ def _first(items):
 
 
 def load_pretrained(model: FewShotClassifier, path: str) -> None:
-    """Load the backbone (and any matching weights) of a checkpoint into ``model``."""
+    """Load the backbone (and any matching weights) of a checkpoint, or of a shipped model's
+    name (fine-tuning it on your classes), into ``model``."""
+    from ..api import resolve_checkpoint
+    path = resolve_checkpoint(path, "meta.pretrained")
     state = load_checkpoint(path)["model"]
     own = model.state_dict()
     matched = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
@@ -666,7 +677,7 @@ def meta_train(config: Config, resume: Optional[str] = None) -> str:
     details = "".join(f", {k} {v}" for k, v in getattr(model, "describe", dict)().items())
     log(f"[meta] {e.n_way}-way {e.n_shot}-shot {e.n_query}-query, {config.model.method} / "
         f"{config.model.backbone}{details} on {device}" + (f" x {size} processes" if size > 1 else ""))
-    validate = _validator(config, model, device, m.val_episodes, e.n_way, e.n_shot)
+    validate = _validator(config, model, device, "meta", e.n_way, e.n_shot)
     _run_epochs(stage, m.epochs, steps_per_epoch, batches, step_fn, validate, unit="episodes",
                 val_every=m.val_every, on_validate=_matching_picture(config, model, e.n_way, e.n_shot))
     return os.path.join(folder, "best.pt")
