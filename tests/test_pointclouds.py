@@ -1,0 +1,126 @@
+"""ModelNet40 loaders on generated files in each layout (npy, HDF5, text), normalisation,
+subsets, class filters, the validation split, and bad files as one clear DataError."""
+from __future__ import annotations
+
+import os
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from fewshot.data.pointclouds import (load_modelnet40, normalize_unit_sphere, sample_points,
+                                      validation_split)
+from fewshot.errors import DataError
+
+CLASSES = ["airplane", "chair", "lamp"]
+
+
+def _clouds(n_per_class=4, points=64, seed=0):
+    """{class: [arrays [points, 6]]}: distinct shifted, scaled blobs with normals."""
+    rng = np.random.default_rng(seed)
+    return {c: [np.concatenate([rng.normal(size=(points, 3)) * (1 + k) + 5 * k, rng.normal(size=(points, 3))], 1)
+                .astype(np.float32) for k in range(n_per_class)] for c in CLASSES}
+
+
+def write_npy(root, clouds):
+    for c, arrays in clouds.items():
+        os.makedirs(root / "ModelNet40" / c / "train")
+        for k, x in enumerate(arrays):
+            np.save(root / "ModelNet40" / c / "train" / f"{c}_{k + 1:04d}.npy", x[:, :3])
+    return root
+
+
+def write_hdf5(root, clouds):
+    os.makedirs(root)
+    (root / "shape_names.txt").write_text("\n".join(CLASSES) + "\n")
+    data = [x[:, :3] for c in CLASSES for x in clouds[c]]
+    labels = [i for i, c in enumerate(CLASSES) for _ in clouds[c]]
+    half = len(data) // 2                    # two files, as the release splits a split
+    for f, sl in ((0, slice(0, half)), (1, slice(half, None))):
+        with h5py.File(root / f"ply_data_train{f}.h5", "w") as h:
+            h["data"] = np.stack(data[sl])
+            h["label"] = np.array(labels[sl], dtype=np.uint8)[:, None]
+    return root
+
+
+def write_text(root, clouds):
+    os.makedirs(root)
+    (root / "modelnet40_shape_names.txt").write_text("\n".join(CLASSES) + "\n")
+    shapes = []
+    for c, arrays in clouds.items():
+        os.makedirs(root / c)
+        for k, x in enumerate(arrays):
+            name = f"{c}_{k + 1:04d}"
+            np.savetxt(root / c / f"{name}.txt", x, delimiter=",", fmt="%.6f")
+            shapes.append(name)
+    (root / "modelnet40_train.txt").write_text("\n".join(shapes) + "\n")
+    return root
+
+
+WRITERS = {"npy": write_npy, "hdf5": write_hdf5, "text": write_text}
+
+
+@pytest.mark.parametrize("layout", list(WRITERS))
+def test_each_layout_reads_the_same_normalised_clouds(tmp_path, layout):
+    clouds = _clouds()
+    root = WRITERS[layout](tmp_path / layout, clouds)
+    data = load_modelnet40(str(root))                    # the layout is recognised
+    assert data.points.shape == (12, 64, 3) and data.classes == CLASSES
+    assert data.labels.tolist() == [0] * 4 + [1] * 4 + [2] * 4
+    expected = normalize_unit_sphere(torch.from_numpy(np.stack([x[:, :3] for c in CLASSES for x in clouds[c]])))
+    torch.testing.assert_close(data.points, expected, atol=1e-5, rtol=0)
+    # unit sphere: centroid 0, largest radius 1
+    torch.testing.assert_close(data.points.mean(1), torch.zeros(12, 3), atol=1e-5, rtol=0)
+    torch.testing.assert_close(data.points.norm(dim=-1).amax(1), torch.ones(12))
+    raw = load_modelnet40(str(root), layout=layout, normalize=False)
+    torch.testing.assert_close(raw.points[5], torch.from_numpy(clouds["chair"][1][:, :3]), atol=1e-5, rtol=0)
+
+
+def test_subsets_class_filter_and_validation_split(tmp_path):
+    root = write_npy(tmp_path, _clouds(n_per_class=5))
+    full = load_modelnet40(str(root), normalize=False)
+    sub = load_modelnet40(str(root), n_points=16, normalize=False, seed=3)
+    assert sub.points.shape == (15, 16, 3)
+    for s, f in zip(sub.points, full.points):            # each subset point is a point of its cloud
+        assert (s[:, None] - f[None]).abs().sum(-1).amin(1).max() == 0
+        assert len(torch.unique(s, dim=0)) == 16         # without replacement
+    again = load_modelnet40(str(root), n_points=16, normalize=False, seed=3)
+    assert torch.equal(sub.points, again.points)         # seeded
+    lamps = load_modelnet40(str(root), classes=["lamp"])
+    assert len(lamps) == 5 and set(lamps.labels.tolist()) == {2}
+    train, val = validation_split(full, 0.2)
+    assert len(train) == 12 and len(val) == 3 and not set(train.names) & set(val.names)
+    assert sorted(val.names) == ["airplane_0005", "chair_0005", "lamp_0005"]
+    g = torch.Generator().manual_seed(0)
+    assert sample_points(full.points, 8, g).shape == (15, 8, 3)
+
+
+def test_bad_files_are_one_clear_error(tmp_path):
+    root = write_npy(tmp_path / "a", _clouds())
+    bad = root / "ModelNet40" / "chair" / "train" / "chair_0002.npy"
+    np.save(bad, np.full((64, 3), np.nan, np.float32))
+    with pytest.raises(DataError, match="chair_0002.npy: non-finite"):
+        load_modelnet40(str(root))
+    np.save(bad, np.zeros((64, 2), np.float32))
+    with pytest.raises(DataError, match=r"chair_0002.npy: expected points \[P, 3\]"):
+        load_modelnet40(str(root))
+    bad.write_bytes(b"not numpy")
+    with pytest.raises(DataError, match="chair_0002.npy: not a readable"):
+        load_modelnet40(str(root))
+    root = write_npy(tmp_path / "b", _clouds())
+    with pytest.raises(DataError, match="fewer than the 100 asked for"):
+        load_modelnet40(str(root), n_points=100)
+    with pytest.raises(DataError, match="not in this dataset"):
+        load_modelnet40(str(root), classes=["sofa"])
+    with pytest.raises(DataError, match="not a ModelNet40 folder"):
+        load_modelnet40(str(tmp_path))
+    text = write_text(tmp_path / "t", _clouds())
+    (text / "lamp" / "lamp_0001.txt").write_text("1,2\n3,x\n")
+    with pytest.raises(DataError, match="lamp_0001.txt: not comma-separated"):
+        load_modelnet40(str(text))
+    h5 = write_hdf5(tmp_path / "h", _clouds())
+    with h5py.File(h5 / "ply_data_train1.h5", "a") as f:
+        f["label"][0] = 7
+    with pytest.raises(DataError, match="label 7, outside the 3 classes"):
+        load_modelnet40(str(h5))
