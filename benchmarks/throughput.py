@@ -118,6 +118,7 @@ def _worker(spec) -> dict:
 
     from fewshot import _malloc
     from fewshot.models import CosineClassifier, create_model
+    _malloc.configure()               # as train.py does (FEWSHOT_MALLOC=default: left alone)
     torch.manual_seed(0)
     size, steps, warmup = spec.get("size", 84), spec["steps"], spec["warmup"]
     backbone = _backbone(spec["order"])

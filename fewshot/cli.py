@@ -110,7 +110,9 @@ def _check_writable(flag: str, path: str) -> None:
 
 
 def _run(main, argv: Optional[List[str]]) -> int:
+    from . import _malloc
     from ._io import release_folders
+    _malloc.configure()       # image training and evaluation: keep freed activation memory mapped
     try:
         return main(argv)
     except FewShotError as e:

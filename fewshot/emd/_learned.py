@@ -61,12 +61,33 @@ class _Block(nn.Module):
 
     def forward(self, x, other, bias):
         h = self.norm_self(x)
-        x = x + self.self_attn(h, h, h, need_weights=False)[0]
-        h = self.norm_cross(x)
-        mask = bias.repeat_interleave(self.heads, 0)        # [B * heads, M, N] additive bias
-        o = self.norm_other(other)
-        x = x + self.cross_attn(h, o, o, attn_mask=mask, need_weights=False)[0]
+        x = x + _recomputed(_attend, self.self_attn, h, h)
+        x = x + _recomputed(_attend, self.cross_attn, self.norm_cross(x), self.norm_other(other), bias)
         return x + self.mlp(self.norm_mlp(x))
+
+
+def _recomputed(fn, *args):
+    """``fn(*args)``, recomputed in the backward pass instead of keeping its [B, heads, M, N]
+    attention weights when autograd records it (``torch.utils.checkpoint``)."""
+    if not torch.is_grad_enabled():
+        return fn(*args)
+    from torch.utils.checkpoint import checkpoint
+    return checkpoint(fn, *args, use_reentrant=False)
+
+
+def _attend(mha: nn.MultiheadAttention, x: torch.Tensor, other: torch.Tensor,
+            bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """``mha(x, other, other, attn_mask=bias)`` [B, M, dim] for x [B, M, dim], other [B, N, dim] and an
+    additive bias [B, M, N] shared by the heads, through ``scaled_dot_product_attention``: the
+    bias is broadcast over the heads (no [B * heads, M, N] copy) and the fused kernels keep no
+    [M, N] attention matrix per head for the backward pass."""
+    B, M, dim = x.shape
+    heads = mha.num_heads
+    q, k, v = (torch.nn.functional.linear(t, w, c).unflatten(-1, (heads, dim // heads)).transpose(1, 2)
+               for t, w, c in zip((x, other, other), mha.in_proj_weight.chunk(3), mha.in_proj_bias.chunk(3)))
+    mask = None if bias is None else bias[:, None].to(q.dtype)
+    out = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    return mha.out_proj(out.transpose(1, 2).reshape(B, M, dim))
 
 
 class MatchingTransformer(nn.Module):
@@ -95,14 +116,30 @@ class MatchingTransformer(nn.Module):
         return logits - c / tau
 
 
+def _sinkhorn_step(logits: torch.Tensor, log_a: torch.Tensor, log_b: torch.Tensor, g: torch.Tensor):
+    """One log-domain Sinkhorn iteration (cost = -logits, epsilon 1): (f, g) [B, M], [B, N]."""
+    ops = _LogSumExp(-logits, 1.0, kernel=False)
+    f = log_a - ops.rows(g)
+    return f, log_b - ops.cols(f)
+
+
 def project(logits: torch.Tensor, a: torch.Tensor, b: torch.Tensor, n_iter: int,
             log: bool = False) -> torch.Tensor:
     """Log-domain Sinkhorn normalisation of exp(logits) [B, M, N] to row sums a and column sums b
-    (the log of the plan with ``log``)."""
+    (the log of the plan with ``log``).
+
+    Without autograd the iterations run as the ``sinkhorn`` solver's (no early stop). With
+    autograd each iteration is recomputed in the backward pass instead of kept
+    (``torch.utils.checkpoint``): memory stays a few [B, M, N] tensors whatever ``n_iter``,
+    where keeping the unrolled iterations costs ~4 of them per iteration."""
     log_a, log_b = a.clamp_min(1e-30).log(), b.clamp_min(1e-30).log()
-    # Sinkhorn's log-domain iteration with cost = -logits and epsilon 1 (no early stop)
-    f, g, _, _ = _iterate(_LogSumExp(-logits, 1.0, kernel=False), log_a, log_b, torch.zeros_like(a),
-                          torch.zeros_like(b), n_iter, tol=0.0, mass=a.sum(1), check_every=n_iter)
+    if torch.is_grad_enabled() and (logits.requires_grad or a.requires_grad or b.requires_grad):
+        g = torch.zeros_like(b)
+        for _ in range(n_iter):
+            f, g = _recomputed(_sinkhorn_step, logits, log_a, log_b, g)
+    else:
+        f, g, _, _ = _iterate(_LogSumExp(-logits, 1.0, kernel=False), log_a, log_b, torch.zeros_like(a),
+                              torch.zeros_like(b), n_iter, tol=0.0, mass=a.sum(1), check_every=n_iter)
     log_plan = logits + f[:, :, None] + g[:, None, :]
     return log_plan if log else log_plan.exp()
 
