@@ -125,3 +125,22 @@ def test_warm_started_simplex_gives_the_cold_optimum_in_fewer_pivots():
     assert torch.equal(again.info["pivots"], cold.info["pivots"])
     with pytest.raises(emd.EMDInputError, match="basis"):
         emd.solve(cost2, a2, b, solver="exact", init=(first.potentials[0], first.potentials[1]))
+
+
+def test_auto_engine_takes_the_simplex_for_small_problems_and_pot_for_large_ones():
+    """engine 'auto' (the default): the batched simplex up to AUTO_POT_ABOVE cost entries (it
+    reports pivots), POT's network simplex above; both give the assignment optimum of scipy."""
+    from scipy.optimize import linear_sum_assignment
+    g = torch.Generator().manual_seed(0)
+    for n, simplex in ((25, True), (400, False)):
+        assert (n * n <= _exact.AUTO_POT_ABOVE) == simplex
+        x, y = torch.rand(2, n, 3, generator=g, dtype=torch.float64), torch.rand(2, n, 3, generator=g, dtype=torch.float64)
+        cost = torch.cdist(x, y)
+        a = torch.full((2, n), 1.0 / n, dtype=torch.float64)
+        r = solve(cost, a, a, solver="exact")
+        assert ("pivots" in r.info) == simplex
+        for i in range(2):
+            rows, cols = linear_sum_assignment(cost[i].numpy())
+            assert abs(float(r.value[i]) - float(cost[i][rows, cols].mean())) < 1e-12
+        other = solve(cost, a, a, solver="exact", engine="pot" if simplex else "simplex")
+        torch.testing.assert_close(r.value, other.value, rtol=0, atol=1e-12)
