@@ -29,7 +29,7 @@ def deepemd_problems(checkpoint: str, data_root: str, n_images: int, seed: int):
     from fewshot.engine import load_trained
     from fewshot.engine.evaluate import encode_images
     from fewshot.engine.trainer import load_split
-    from fewshot.models.deepemd import cross_reference_weights, node_cost
+    from fewshot.models.deepemd import emd_problem
 
     config, model = load_trained(checkpoint, [f"data.root={data_root}"], device="cpu")
     model.eval()
@@ -42,14 +42,47 @@ def deepemd_problems(checkpoint: str, data_root: str, n_images: int, seed: int):
     def problems(batch, generator):
         i = torch.randint(0, len(feats), (batch,), generator=generator)
         j = torch.randint(0, len(feats), (batch,), generator=generator)
-        x, y = feats[i], feats[j]
-        M = x.shape[2]
-        a = torch.stack([cross_reference_weights(x[k:k + 1], y[k:k + 1])[0, 0] for k in range(batch)])
-        b = torch.stack([cross_reference_weights(y[k:k + 1], x[k:k + 1])[0, 0] for k in range(batch)])
-        a, b = a * M / a.sum(1, keepdim=True), b * M / b.sum(1, keepdim=True)
-        cost = torch.stack([node_cost(x[k:k + 1], y[k:k + 1], model.metric, model.center)[0, 0]
-                            for k in range(batch)])
-        return cost.float(), a.float(), (b * a.sum(1, keepdim=True) / b.sum(1, keepdim=True)).float()
+        # one query against one prototype per problem: [batch, 1, C, M] -> [batch, 1, 1, ...]
+        cost, a, b = emd_problem(feats[i][:, None], feats[j][:, None], model.head.metric, model.head.center)
+        return cost[:, 0, 0].float(), a[:, 0, 0].float(), b[:, 0, 0].float()
+
+    return problems
+
+
+def pointcloud_problems(root: str, n_points: int, hold_out: int, seed: int):
+    """A problem generator drawing pairs of real point clouds (ModelNet40, any layout of
+    fewshot.data.pointclouds): the training shapes of all but the last ``hold_out`` classes
+    (validation shapes and held-out classes are never drawn), ``n_points`` random points of
+    each, a random rotation about the vertical axis and Gaussian jitter (sigma 0.01, clipped at
+    0.05) per cloud, half the pairs of the same class; Euclidean cost, uniform weights."""
+    from fewshot.data.pointclouds import load_modelnet40, sample_points, validation_split
+
+    clouds = load_modelnet40(root, seed=seed)
+    train, _ = validation_split(clouds)
+    train = train.of_classes(clouds.classes[:len(clouds.classes) - hold_out])
+    by_class = {int(c): torch.nonzero(train.labels == c)[:, 0] for c in train.labels.unique()}
+    print(f"point clouds: {len(train)} training shapes of {len(by_class)} classes "
+          f"({hold_out} classes held out), {n_points} points per cloud", flush=True)
+
+    def augment(x, generator):
+        theta = 2 * torch.pi * torch.rand(len(x), generator=generator)
+        c, s = theta.cos(), theta.sin()
+        rot = torch.zeros(len(x), 3, 3)
+        rot[:, 0, 0], rot[:, 0, 2], rot[:, 2, 0], rot[:, 2, 2], rot[:, 1, 1] = c, s, -s, c, 1
+        jitter = (0.01 * torch.randn(x.shape, generator=generator)).clamp(-0.05, 0.05)
+        return x @ rot.transpose(1, 2) + jitter
+
+    def problems(batch, generator):
+        first = torch.randint(0, len(train), (batch,), generator=generator)
+        second = torch.randint(0, len(train), (batch,), generator=generator)
+        same = torch.rand(batch, generator=generator) < 0.5
+        for k in torch.nonzero(same)[:, 0].tolist():   # a different shape of the same class
+            pool = by_class[int(train.labels[first[k]])]
+            second[k] = pool[torch.randint(0, len(pool), (1,), generator=generator)]
+        x = augment(sample_points(train.points[first], n_points, generator), generator)
+        y = augment(sample_points(train.points[second], n_points, generator), generator)
+        ones = torch.ones(batch, n_points)
+        return torch.cdist(x, y), ones, ones.clone()
 
     return problems
 
@@ -67,11 +100,19 @@ def main(argv=None) -> int:
     parser.add_argument("--checkpoint", help="trained DeepEMD checkpoint: also train on its patch features")
     parser.add_argument("--data-root")
     parser.add_argument("--feature-images", type=int, default=2000)
+    parser.add_argument("--modelnet", help="ModelNet40 root: train on pairs of its real point clouds "
+                        "(--nodes points each) instead of generated problems")
+    parser.add_argument("--hold-out-classes", type=int, default=10,
+                        help="with --modelnet: the last K classes are never trained on (default 10)")
     parser.add_argument("--float16", action="store_true", help="store the weights in float16 (half the size)")
     args = parser.parse_args(argv)
     torch.manual_seed(args.seed)
     model = MatchingTransformer(dim=args.dim, layers=args.layers)
     problems = None
+    if args.modelnet:
+        if args.checkpoint:
+            parser.error("--modelnet and --checkpoint: train on one kind of problem")
+        problems = pointcloud_problems(args.modelnet, args.nodes, args.hold_out_classes, args.seed)
     if args.checkpoint:
         if not args.data_root:
             parser.error("--checkpoint needs --data-root")
@@ -87,7 +128,8 @@ def main(argv=None) -> int:
     history = train_matcher(model, args.steps, args.batch, args.nodes, args.seed, args.lr,
                             problems=problems, log_every=100)
     info = {"steps": args.steps, "batch": args.batch, "nodes": args.nodes, "seed": args.seed,
-            "deepemd_checkpoint": args.checkpoint, "final_loss": history[-1],
+            "deepemd_checkpoint": args.checkpoint, "modelnet": args.modelnet,
+            "hold_out_classes": args.hold_out_classes if args.modelnet else 0, "final_loss": history[-1],
             "seconds": time.perf_counter() - t}
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     save_model(model, args.out, info, float16=args.float16)
