@@ -30,7 +30,7 @@ from typing import Optional, Tuple
 import numpy as np
 import torch
 
-from ._problem import EMDInputError, EMDResult
+from ._problem import EMDInputError, EMDResult, EMDSolverError
 from ._solver import Option, SolverSpec
 
 
@@ -44,19 +44,21 @@ def _pot_one(cost, a, b, max_iter, i):
     plan, value, f, g, code = emd_c(a, b * (a.sum() / b.sum()), np.ascontiguousarray(cost / scale),
                                     max_iter, 1)
     if code != 1:
-        raise RuntimeError(f"network simplex did not reach the optimum of problem {i} "
-                           f"(code {code}); raise max_iter")
+        raise EMDSolverError(f"exact: POT's network simplex did not reach the optimum of problem {i} "
+                             f"(code {code}); raise max_iter")
     return plan, value * scale, f * scale, g * scale
 
 
 def _network_simplex(cost: np.ndarray, a: np.ndarray, b: np.ndarray, max_iter: int,
-                     engine: str = "simplex", basis=None):
+                     engine: str = "simplex", basis=None, simplex_max_iter: Optional[int] = None):
     """Solve cost [B, M, N], a [B, M], b [B, N] (float32 or float64); returns plan (in cost's
-    dtype), value, f, g (float64), the final bases and the pivots."""
+    dtype), value, f, g (float64), the final bases and the pivots. The compiled simplex
+    stops after ``simplex_max_iter`` pivots (default ``max_iter``); POT solves what it left."""
     if engine == "simplex":
         from ._simplex import solve_batch
 
-        plan, value, f, g, code, pivots, basis = solve_batch(cost, a, b, max_iter, 1e-12, basis)
+        pivots_allowed = max_iter if simplex_max_iter is None else simplex_max_iter
+        plan, value, f, g, code, pivots, basis = solve_batch(cost, a, b, pivots_allowed, 1e-12, basis)
         unsolved = np.flatnonzero(code != 1)              # re-solved by POT
     else:
         B, M, N = cost.shape
@@ -73,11 +75,11 @@ AUTO_POT_ABOVE = 384 * 384      # cost entries per problem above which engine "a
 
 class _ExactEMD(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, cost, a, b, max_iter, engine, basis, out):
+    def forward(ctx, cost, a, b, max_iter, engine, basis, out, simplex_max_iter):
         work = cost.dtype if cost.dtype in (torch.float32, torch.float64) else torch.float64
         to_np = lambda t: np.ascontiguousarray(t.detach().to("cpu", work).numpy())  # noqa: E731
         plan, value, f, g, out["basis"], out["pivots"] = _network_simplex(
-            to_np(cost), to_np(a), to_np(b), max_iter, engine, basis)
+            to_np(cost), to_np(a), to_np(b), max_iter, engine, basis, simplex_max_iter)
         like = dict(device=cost.device, dtype=cost.dtype)
         plan = torch.from_numpy(plan).to(**like)
         shift = f.mean(-1, keepdims=True)
@@ -94,7 +96,7 @@ class _ExactEMD(torch.autograd.Function):
         plan, f, g_centred = ctx.saved_tensors
         g = g_centred
         return (grad_value[:, None, None] * plan, grad_value[:, None] * f,
-                grad_value[:, None] * g, None, None, None, None)
+                grad_value[:, None] * g, None, None, None, None, None)
 
 
 def _check_basis(init, B: int, M: int, N: int, engine: str):
@@ -110,7 +112,8 @@ def _check_basis(init, B: int, M: int, N: int, engine: str):
 
 def solve_exact(cost: torch.Tensor, a: torch.Tensor, b: torch.Tensor,
                 max_iter: int = 100_000, engine: str = "auto",
-                init: Optional[Tuple[torch.Tensor, torch.Tensor]] = None) -> EMDResult:
+                init: Optional[Tuple[torch.Tensor, torch.Tensor]] = None,
+                simplex_max_iter: Optional[int] = None) -> EMDResult:
     """Exact EMD of cost [B, M, N], a [B, M], b [B, N]; see the module docstring.
 
     ``engine``: ``"simplex"`` (compiled, batched, parallel), ``"pot"`` (POT per problem) or
@@ -118,13 +121,15 @@ def solve_exact(cost: torch.Tensor, a: torch.Tensor, b: torch.Tensor,
     ``init``: starting bases (rows [B, M + N - 1], columns [B, M + N - 1]), e.g. the
     ``info["warm_start"]`` of a nearby batch solved before: each problem starts from its
     basis where that is feasible for its marginals (the same optimum in fewer pivots).
+    ``simplex_max_iter``: the compiled simplex's pivot budget (default ``max_iter``); the
+    problems it leaves unsolved are solved by POT.
     ``info``: ``warm_start`` (the final bases) and ``pivots`` [B] with the simplex engine."""
     B, M, N = cost.shape
     if engine == "auto":
         engine = "simplex" if init is not None or M * N <= AUTO_POT_ABOVE else "pot"
     basis = None if init is None else _check_basis(init, B, M, N, engine)
     out: dict = {}
-    value, plan, f, g = _ExactEMD.apply(cost, a, b, max_iter, engine, basis, out)
+    value, plan, f, g = _ExactEMD.apply(cost, a, b, max_iter, engine, basis, out, simplex_max_iter)
     info = {}
     if out["basis"] is not None:
         info = {"warm_start": tuple(torch.from_numpy(x) for x in out["basis"]),
@@ -134,7 +139,8 @@ def solve_exact(cost: torch.Tensor, a: torch.Tensor, b: torch.Tensor,
 
 SPEC = SolverSpec(
     solve_exact,
-    {"max_iter": Option(100_000, int, low=1), "engine": Option("auto", str, choices=ENGINES)},
+    {"max_iter": Option(100_000, int, low=1), "engine": Option("auto", str, choices=ENGINES),
+     "simplex_max_iter": Option(None, int, low=0)},
     differentiation="envelope theorem: d value / d cost = plan, d value / d (a, b) = the "
                     "centred dual potentials; the plan carries no gradient",
     envelope=True, warm_starts=True)
