@@ -153,3 +153,25 @@ def test_predict_explain_draws_each_query_with_the_logits_of_predict(trained, tm
                          "--explain", str(tmp_path / "x.nope")]) == 2
     err = capfd.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--explain" in err[0] and "x.nope" in err[0], err
+
+
+def test_ship_model_writes_weights_that_give_the_checkpoints_logits(trained, tmp_path):
+    """scripts/ship_model.py weights: the trained weights (or float16) without optimiser state and
+    with the training machine's paths reset; the shipped file gives the checkpoint's logits."""
+    import subprocess
+    import sys
+    script = os.path.join(ROOT, "scripts", "ship_model.py")
+    for extra, tol in (([], 0.0), (["--float16"], 5e-2)):
+        run = subprocess.run([sys.executable, script, "weights", trained["checkpoint"], "tiny", "--dir", str(tmp_path),
+                              *extra], capture_output=True, text=True, timeout=300)
+        assert run.returncode == 0, run.stderr[-2000:]
+        state = torch.load(tmp_path / "tiny.pt", weights_only=True)
+        assert set(state) == {"config", "model", "source"}
+        assert state["config"]["data"]["root"] == "data/folder" and state["config"]["meta"]["pretrained"] == ""
+        assert (state["model"]["backbone.encoder.0.weight"].dtype == torch.float16) == bool(extra)
+        support, queries = _support(trained, f"ship{len(extra)}", 1)
+        classes = sorted(os.listdir(support))
+        images = [os.path.join(support, c, os.listdir(os.path.join(support, c))[0]) for c in classes]
+        shipped, ref = fewshot.load(str(tmp_path / "tiny.pt")), fewshot.load(trained["checkpoint"])
+        torch.testing.assert_close(shipped.fit(images, classes).logits(queries),
+                                   ref.fit(images, classes).logits(queries), rtol=tol, atol=tol)
