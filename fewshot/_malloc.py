@@ -1,4 +1,4 @@
-"""Keep freed heap memory in the process (glibc only), set once when ``fewshot`` is imported.
+"""Keep freed heap memory in the process (glibc only), set by the entry points (``fewshot.configure_allocator``).
 
 By default glibc's malloc serves every allocation above 128 KB-32 MB (its adaptive
 mmap threshold) with a fresh ``mmap`` and unmaps it on free, and trims the heap top back
