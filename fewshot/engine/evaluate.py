@@ -10,7 +10,7 @@ from tqdm import tqdm
 
 from ..data.episodes import EpisodeSampler, ManifestSampler
 from ..models.classifier import FewShotClassifier
-from .metrics import mean_confidence_interval
+from .metrics import accuracy, mean_confidence_interval
 
 
 def progress_bars(enabled: bool) -> bool:
@@ -73,8 +73,8 @@ def evaluate(model: FewShotClassifier, sampler: Sampler, n_episodes: int, device
             for ep, prototypes in zip(group, model.fit_supports(support, labels)):
                 model.prototypes = prototypes
                 with torch.no_grad():
-                    pred = model.score(features[[position[j] for j in ep.query]]).argmax(1).cpu()
-                accs.append((pred == ep.labels(len(ep.query) // ep.n_way)).float().mean().item() * 100)
+                    logits = model.score(features[[position[j] for j in ep.query]])
+                accs.append(accuracy(logits, ep.labels(len(ep.query) // ep.n_way)))
             bar.update(len(group))
         bar.close()
     else:
@@ -85,8 +85,8 @@ def evaluate(model: FewShotClassifier, sampler: Sampler, n_episodes: int, device
                 q = model.encode(_placed(ep.query_images, device, channels_last))
             model.fit_support(s, ep.support_labels)
             with torch.no_grad():
-                pred = model.score(q).argmax(1)
-            accs.append((pred == ep.query_labels).float().mean().item() * 100)
+                logits = model.score(q)
+            accs.append(accuracy(logits, ep.query_labels))
     model.train(was_training)
     mean, ci = mean_confidence_interval(accs)
     total = time.perf_counter() - start

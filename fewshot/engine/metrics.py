@@ -4,6 +4,8 @@ from __future__ import annotations
 import math
 from typing import Sequence, Tuple
 
+import torch
+
 Z_95 = 1.959963984540054  # two-sided 95% quantile of the standard normal
 
 
@@ -19,3 +21,8 @@ def mean_confidence_interval(values: Sequence[float]) -> Tuple[float, float]:
         return mean, 0.0
     var = sum((v - mean) ** 2 for v in values) / (n - 1)
     return mean, Z_95 * math.sqrt(var / n)
+
+
+def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    """Percentage of rows of logits [n, n_way] whose largest entry is at labels [n]."""
+    return (logits.argmax(1).to(labels.device) == labels).float().mean().item() * 100

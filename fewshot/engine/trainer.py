@@ -31,6 +31,7 @@ from . import _distributed as ddp
 from .._io import lock_folder
 from .checkpoint import load_checkpoint, remove_stale_temporaries, save_checkpoint
 from .evaluate import evaluate, format_result, progress_bars
+from .metrics import accuracy
 
 
 def log(msg: str) -> None:
@@ -554,7 +555,7 @@ def pretrain(config: Config, resume: Optional[str] = None) -> str:
         loss = F.cross_entropy(logits, labels, label_smoothing=p.label_smoothing)
         if emd_loss is not None:
             loss = loss + p.emd_loss_weight * emd_loss(logits.float(), labels)
-        return loss, (logits.argmax(1) == labels).float().mean().item() * 100, len(labels) * size
+        return loss, accuracy(logits, labels), len(labels) * size
 
     log(f"[pretrain] {len(train_set.classes)} classes, {len(train_set)} images, "
         f"{steps_per_epoch} steps/epoch on {device}" + (f" x {size} processes" if size > 1 else ""))
@@ -672,7 +673,7 @@ def meta_train(config: Config, resume: Optional[str] = None) -> str:
             query = query.contiguous(memory_format=torch.channels_last)
         logits = net(support, ep.support_labels, query)
         loss = F.cross_entropy(logits, ep.query_labels)
-        return loss, (logits.argmax(1) == ep.query_labels).float().mean().item() * 100, size
+        return loss, accuracy(logits, ep.query_labels), size
 
     details = "".join(f", {k} {v}" for k, v in getattr(model, "describe", dict)().items())
     log(f"[meta] {e.n_way}-way {e.n_shot}-shot {e.n_query}-query, {config.model.method} / "
