@@ -175,3 +175,23 @@ def test_ship_model_writes_weights_that_give_the_checkpoints_logits(trained, tmp
         shipped, ref = fewshot.load(str(tmp_path / "tiny.pt")), fewshot.load(trained["checkpoint"])
         torch.testing.assert_close(shipped.fit(images, classes).logits(queries),
                                    ref.fit(images, classes).logits(queries), rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("name", fewshot.models_available())
+def test_each_shipped_model_has_a_card_loads_and_classifies(name, trained, tmp_path, monkeypatch, capsys):
+    """Every shipped model: under 1 MB, a card with its accuracy, loads by name, classifies generated
+    images with predict.py and evaluates with eval.py by name (the result file lands in the working
+    folder, not in the package)."""
+    from fewshot.cli import eval_main
+    path = fewshot.api.resolve_checkpoint(name)
+    assert os.path.getsize(path) < 1_000_000
+    card = open(os.path.splitext(path)[0] + ".md").read()
+    assert "Accuracy of the shipped weights" in card and "Licence" in card and "+-" in card
+    support, queries = _support(trained, f"shipped_{name}", 1)
+    assert predict_main(["--checkpoint", name, "--support", support, "--query", *queries, "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert len(doc["queries"]) == len(queries)
+    monkeypatch.chdir(tmp_path)
+    assert eval_main(["--checkpoint", name, "--dataset", "folder", "--data-root", trained["data"], "--split", "test",
+                      "--episodes", "2", "--way", "3", "--query", "2", "data.options=null"]) == 0
+    assert [f for f in os.listdir(tmp_path) if f.startswith(f"eval_{name}_folder_test_3way1shot")]
