@@ -32,7 +32,7 @@ import torch  # noqa: E402
 
 
 from _common import write_results  # noqa: E402
-from fewshot.emd import needs_points, solve  # noqa: E402
+from fewshot.emd import solve, spec  # noqa: E402
 
 
 def problems(batch: int, n: int, dtype: torch.dtype, seed: int = 0, dim: int = 64):
@@ -75,7 +75,7 @@ def run_entry(name, cost, a, b, backward: bool, points=None):
         value = pot_loop(cost, a, b)
     else:
         solver, options = ENTRIES.get(name, (name, {}))
-        if needs_points(solver):
+        if spec(solver).needs_points:
             options = dict(options, x=points[0], y=points[1])
         result = solve(cost, a, b, solver=solver, **options)
         value = result.value

@@ -59,7 +59,7 @@ def solver_inputs(solver: str, cost: torch.Tensor, seed: int = 0) -> dict:
     if solver == "learned":                      # an untrained model: the checks are structural
         torch.manual_seed(seed)
         return dict(model=emd.MatchingTransformer(dim=16, layers=1).to(cost.dtype))
-    if not emd.needs_points(solver):
+    if not emd.spec(solver).needs_points:
         return {}
     g = torch.Generator().manual_seed(seed)
     B, M, N = cost.shape

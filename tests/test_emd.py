@@ -157,8 +157,8 @@ def test_sinkhorn_float32_converges_to_exact_without_nan():
 
 
 def test_sinkhorn_warm_start_reaches_the_same_fixed_point_in_few_iterations():
-    from fewshot.emd import warm_starts
-    assert warm_starts("sinkhorn") and warm_starts("exact") and not warm_starts("qpth")
+    assert emd.spec("sinkhorn").warm_starts and emd.spec("exact").warm_starts
+    assert not emd.spec("qpth").warm_starts
     cost, a, b = cosine_problems(20, 25, 25, dtype=torch.float64, seed=7, dim=32)
     cold = solve(cost, a, b, solver="sinkhorn", epsilon=0.01, tol=1e-6)
     assert cold.info["iterations"] > 100
@@ -506,3 +506,31 @@ def test_every_solver_has_a_gradcheck_or_a_reason():
     # cvxpylayers: SCS solves to ~1e-6, below what central differences at eps 1e-6 resolve;
     # its gradient is checked along directions against its own value instead (above).
     assert set(emd.solvers()) == set(GRADCHECK) | {"cvxpylayers"}
+
+
+def test_a_registered_plugin_declares_its_capabilities_once():
+    """register_solver: the plug-in's SolverSpec carries how it differentiates, warm starts,
+    the envelope property (which DeepEMD's closed-form SFC path reads) and a cross-option check;
+    a built Solver reports them from its spec."""
+    name = "plugin_exact_for_test"
+    if name not in emd.solvers():
+        def check(options, where):
+            if options["scale"] <= 0:
+                raise ConfigError(f"{where}.scale: expected > 0")
+
+        @emd.register_solver(name, options={"scale": emd.Option(1.0, float)}, differentiation="envelope",
+                             warm_starts=True, envelope=True, check=check)
+        def plugin(cost, a, b, scale=1.0, init=None):
+            r = solve(cost * scale, a, b, solver="exact", init=init)
+            return emd.EMDResult(plan=r.plan, value=r.value / scale, potentials=r.potentials, solver=name,
+                                 info=r.info)
+    solver = emd.make_solver(name, {"scale": 2.0})
+    assert solver.envelope and solver.warm_starts and solver.differentiation == "envelope"
+    assert emd.spec(name) is solver.spec and not solver.needs_points
+    with pytest.raises(ConfigError, match="scale"):
+        emd.make_solver(name, {"scale": -1.0})
+    cost, a, b = cosine_problems(4, 5, 5, dtype=torch.float64)
+    torch.testing.assert_close(solver(cost, a, b).value, solve(cost, a, b, solver="exact").value)
+    from fewshot.models import create_model
+    model = create_model("deepemd", "conv4", {"hidden": 8}, {"solver": name, "eval_solver": name})
+    assert model.head.solver.envelope

@@ -58,24 +58,19 @@ def make_solver(name: str, options: Optional[Dict[str, Any]] = None, where: str 
     return build(name, spec(name), options, where or name)
 
 
-def needs_points(solver: str) -> bool:
-    """Whether ``solver`` needs the node positions ``x`` and ``y`` besides ``cost``."""
-    return spec(solver).needs_points
-
-
-def warm_starts(solver: str) -> bool:
-    """Whether ``solver`` accepts an ``init`` (a previous result's ``info["warm_start"]``)."""
-    return spec(solver).warm_starts
-
-
 def register_solver(name: str, options: Optional[Dict[str, Option]] = None, differentiation: str = "",
-                    needs_points: bool = False, warm_starts: bool = False) -> Callable:
-    """Decorator adding ``fn(cost, a, b, **options) -> EMDResult`` as solver ``name``.
+                    needs_points: bool = False, warm_starts: bool = False, envelope: bool = False,
+                    check: Optional[Callable[[Dict[str, Any], str], None]] = None) -> Callable:
+    """Decorator adding ``fn(cost, a, b, **options) -> EMDResult`` as solver ``name``, with
+    the capabilities of a :class:`SolverSpec` (how it differentiates, whether it needs the
+    points, warm-starts, or has the envelope theorem's gradient, which lets DeepEMD's
+    Structured FC take its closed-form path; ``check`` for options that depend on each other).
 
     ``options``: name -> Option of every option (default: ``fn``'s keyword arguments,
     typed by their defaults, without range checks)."""
     def decorator(fn: Callable) -> Callable:
-        kw = dict(differentiation=differentiation, needs_points=needs_points, warm_starts=warm_starts)
+        kw = dict(differentiation=differentiation, needs_points=needs_points, warm_starts=warm_starts,
+                  envelope=envelope, check=check)
         SOLVERS.register(name)(SolverSpec(fn, options, **kw) if options is not None
                                else spec_from_signature(fn, **kw))
         return fn
@@ -105,5 +100,5 @@ def solve(cost: torch.Tensor, a: torch.Tensor, b: torch.Tensor, solver: Union[st
 
 __all__ = ["solve", "solvers", "make_solver", "spec", "register_solver", "SOLVERS", "Solver", "SolverSpec",
            "Option", "EMDResult", "EMDInputError", "EMDSolverError", "ClassTree", "TreeEMDLoss", "tree_emd",
-           "chain_emd", "monotone_plan", "needs_points", "warm_starts", "MatchingTransformer",
+           "chain_emd", "monotone_plan", "MatchingTransformer",
            "learned_emd"]

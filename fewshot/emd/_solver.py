@@ -122,15 +122,18 @@ class Solver:
         solver = make_solver("sinkhorn", {"epsilon": 0.05})
         result = solver(cost, a, b)          # cost [B, M, N], a [B, M], b [B, N]
 
-    Attributes: ``name``, ``options`` (every option, defaults filled in),
-    ``needs_points``, ``warm_starts``, ``differentiation``, ``envelope`` (see :class:`SolverSpec`).
+    Attributes: ``name``, ``options`` (every option, defaults filled in), ``spec`` (its
+    :class:`SolverSpec`, where its capabilities are declared, read through the properties
+    ``needs_points``, ``warm_starts``, ``differentiation`` and ``envelope``).
     """
 
     def __init__(self, name: str, spec: SolverSpec, options: Dict[str, Any]):
-        self.name, self._fn = name, spec.fn
-        self.options = options
-        self.needs_points, self.warm_starts = spec.needs_points, spec.warm_starts
-        self.differentiation, self.envelope = spec.differentiation, spec.envelope
+        self.name, self.spec, self.options = name, spec, options
+
+    needs_points = property(lambda self: self.spec.needs_points)
+    warm_starts = property(lambda self: self.spec.warm_starts)
+    differentiation = property(lambda self: self.spec.differentiation)
+    envelope = property(lambda self: self.spec.envelope)
 
     def __call__(self, cost: torch.Tensor, a: torch.Tensor, b: torch.Tensor, *,
                  x: Optional[torch.Tensor] = None, y: Optional[torch.Tensor] = None,
@@ -149,7 +152,7 @@ class Solver:
             if not self.warm_starts:
                 raise EMDInputError(f"EMD solver {self.name!r} does not warm-start; pass no init")
             extra["init"] = init
-        return self._fn(cost, a, b, **self.options, **extra)
+        return self.spec.fn(cost, a, b, **self.options, **extra)
 
     def __repr__(self) -> str:
         opts = ", ".join(f"{k}={v!r}" for k, v in self.options.items() if not isinstance(v, torch.nn.Module))
