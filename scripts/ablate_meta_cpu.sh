@@ -4,8 +4,9 @@
 # on the recipe's fixed 1-shot val manifest, so every row shares backbone and episodes.
 #   bash scripts/ablate_meta_cpu.sh PATH/miniimagenet RECIPE_OUT ABLATION_OUT [variant ...]
 # RECIPE_OUT holds pretrain/best.pt and val_5way1shot_1000.json (scripts/recipe_miniimagenet_cpu.sh).
-# Variants (default: all, 500 episodes each): short (the previous recipe), lr2e-3 (4x the
-# learning rate), temp25 (twice the temperature), pyramid (FCN nodes plus pooled 2x2 and 1x1).
+# Variants (default: all; 500 episodes each unless said): short (the recipe's meta-training),
+# lr2e-3 (4x the learning rate), temp25 (twice the temperature), pyramid (FCN nodes plus pooled
+# 2x2 and 1x1), long (1,500 episodes).
 set -euo pipefail
 D=${1:?usage: $0 DATA_ROOT RECIPE_OUT ABLATION_OUT [variant ...]}
 RUN=${2:?usage}; R=${3:?usage}; shift 3
@@ -18,10 +19,11 @@ declare -A V=(
   [lr2e-3]="meta.lr=2e-3"
   [temp25]="model.options.temperature=25"
   [pyramid]="model.options.pyramid=[2,1]"
+  [long]="meta.epochs=30 meta.val_every=3"
 )
 mkdir -p "$R"
 source "$(dirname "$0")/_steps.sh"
-names=("$@"); [ ${#names[@]} = 0 ] && names=(short lr2e-3 temp25 pyramid)
+names=("$@"); [ ${#names[@]} = 0 ] && names=(short lr2e-3 temp25 pyramid long)
 for name in "${names[@]}"; do
   [ -n "${V[$name]+x}" ] || { echo "unknown variant: $name (expected one of ${!V[*]})" >&2; exit 2; }
   # shellcheck disable=SC2086
