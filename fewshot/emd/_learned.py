@@ -52,7 +52,6 @@ def node_tokens(cost: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
 class _Block(nn.Module):
     def __init__(self, dim: int, heads: int):
         super().__init__()
-        self.heads = heads
         self.norm_self, self.norm_cross, self.norm_mlp = nn.LayerNorm(dim), nn.LayerNorm(dim), nn.LayerNorm(dim)
         self.norm_other = nn.LayerNorm(dim)
         self.self_attn = nn.MultiheadAttention(dim, heads, batch_first=True)
@@ -79,8 +78,9 @@ def _attend(mha: nn.MultiheadAttention, x: torch.Tensor, other: torch.Tensor,
             bias: Optional[torch.Tensor] = None) -> torch.Tensor:
     """``mha(x, other, other, attn_mask=bias)`` [B, M, dim] for x [B, M, dim], other [B, N, dim] and an
     additive bias [B, M, N] shared by the heads, through ``scaled_dot_product_attention``: the
-    bias is broadcast over the heads (no [B * heads, M, N] copy) and the fused kernels keep no
-    [M, N] attention matrix per head for the backward pass."""
+    bias is broadcast over the heads (no [B * heads, M, N] copy). On the CPU a float bias takes
+    the unfused path, which keeps the [B, heads, M, N] weights for backward; :func:`_recomputed`
+    is what drops them."""
     B, M, dim = x.shape
     heads = mha.num_heads
     q, k, v = (torch.nn.functional.linear(t, w, c).unflatten(-1, (heads, dim // heads)).transpose(1, 2)
@@ -116,9 +116,9 @@ class MatchingTransformer(nn.Module):
         return logits - c / tau
 
 
-def _sinkhorn_step(logits: torch.Tensor, log_a: torch.Tensor, log_b: torch.Tensor, g: torch.Tensor):
-    """One log-domain Sinkhorn iteration (cost = -logits, epsilon 1): (f, g) [B, M], [B, N]."""
-    ops = _LogSumExp(-logits, 1.0, kernel=False)
+def _sinkhorn_step(cost: torch.Tensor, log_a: torch.Tensor, log_b: torch.Tensor, g: torch.Tensor):
+    """One log-domain Sinkhorn iteration (epsilon 1) on cost [B, M, N]: (f, g) [B, M], [B, N]."""
+    ops = _LogSumExp(cost, 1.0, kernel=False)
     f = log_a - ops.rows(g)
     return f, log_b - ops.cols(f)
 
@@ -134,9 +134,9 @@ def project(logits: torch.Tensor, a: torch.Tensor, b: torch.Tensor, n_iter: int,
     where keeping the unrolled iterations costs ~4 of them per iteration."""
     log_a, log_b = a.clamp_min(1e-30).log(), b.clamp_min(1e-30).log()
     if torch.is_grad_enabled() and (logits.requires_grad or a.requires_grad or b.requires_grad):
-        g = torch.zeros_like(b)
+        cost, g = -logits, torch.zeros_like(b)            # negated once, not at every iteration
         for _ in range(n_iter):
-            f, g = _recomputed(_sinkhorn_step, logits, log_a, log_b, g)
+            f, g = _recomputed(_sinkhorn_step, cost, log_a, log_b, g)
     else:
         f, g, _, _ = _iterate(_LogSumExp(-logits, 1.0, kernel=False), log_a, log_b, torch.zeros_like(a),
                               torch.zeros_like(b), n_iter, tol=0.0, mass=a.sum(1), check_every=n_iter)
