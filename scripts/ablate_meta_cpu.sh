@@ -6,7 +6,7 @@
 # RECIPE_OUT holds pretrain/best.pt and val_5way1shot_1000.json (scripts/recipe_miniimagenet_cpu.sh).
 # Variants (default: all; 500 episodes each unless said): short (the recipe's meta-training),
 # lr2e-3 (4x the learning rate), temp25 (twice the temperature), pyramid (FCN nodes plus pooled
-# 2x2 and 1x1), long (1,500 episodes).
+# 2x2 and 1x1), long (1,500 episodes), way10 (10-way training episodes; evaluation stays 5-way).
 set -euo pipefail
 D=${1:?usage: $0 DATA_ROOT RECIPE_OUT ABLATION_OUT [variant ...]}
 RUN=${2:?usage}; R=${3:?usage}; shift 3
@@ -20,10 +20,11 @@ declare -A V=(
   [temp25]="model.options.temperature=25"
   [pyramid]="model.options.pyramid=[2,1]"
   [long]="meta.epochs=30 meta.val_every=3"
+  [way10]="--way 10"
 )
 mkdir -p "$R"
 source "$(dirname "$0")/_steps.sh"
-names=("$@"); [ ${#names[@]} = 0 ] && names=(short lr2e-3 temp25 pyramid long)
+names=("$@"); [ ${#names[@]} = 0 ] && names=(short long lr2e-3 temp25 pyramid way10)
 for name in "${names[@]}"; do
   [ -n "${V[$name]+x}" ] || { echo "unknown variant: $name (expected one of ${!V[*]})" >&2; exit 2; }
   # shellcheck disable=SC2086
