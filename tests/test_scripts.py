@@ -113,3 +113,18 @@ def test_plot_results_and_curves(tmp_path):
     run = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "plot_curves.py"), str(tmp_path)],
                          capture_output=True, text=True)
     assert run.returncode == 2 and "no TensorBoard" in run.stderr
+
+
+def test_episode_benchmark_times_the_emd_layer(tmp_path):
+    """benchmarks/episodes.py on tiny random images: rows for 1 and 5 shots, and the EMD
+    layer's time measured through the model's solvers (5-shot evaluation solves the SFC
+    problems, so it is positive)."""
+    out = tmp_path / "episodes.json"
+    run = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "episodes.py"), "--backbone", "conv4",
+                          "--shots", "1", "5", "--train-steps", "1", "--episodes", "2", "--episodes-5shot", "1",
+                          "--split-images", "32", "--image-size", "16", "--json", str(out)],
+                         capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert run.returncode == 0, run.stderr
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["n_shot"] for r in rows] == [1, 5]
+    assert rows[1]["eval_emd_s"] > 0 and 0 < rows[1]["train_emd_share"] < 1
