@@ -24,8 +24,8 @@ def test_weights_and_logits_by_hand():
             u, v = query[q].numpy(), proto[w].numpy()           # [C, M], [C, N]
             a = np.array([max(0.0, u[:, i] @ v.mean(1)) + 1e-3 for i in range(4)])
             b = np.array([max(0.0, v[:, j] @ u.mean(1)) + 1e-3 for j in range(4)])
-            np.testing.assert_allclose(a_all[q, w].numpy(), a)
             a, b = a * 4 / a.sum(), b * 4 / b.sum()
+            np.testing.assert_allclose(a_all[q, w].numpy(), a)
             uc, vc = u - u.mean(0), v - v.mean(0)                # channel centring
             sim = np.array([[uc[:, i] @ vc[:, j] / np.linalg.norm(uc[:, i]) / np.linalg.norm(vc[:, j])
                              for j in range(4)] for i in range(4)])

@@ -34,10 +34,31 @@ PATCHES = ("fcn", "grid", "sampling")
 METRICS = ("cosine", "l2")
 
 
-def cross_reference_weights(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+WEIGHT_FLOOR = 1e-3   # the cross-reference weights' floor: every node keeps some mass
+
+
+def node_weights(z: torch.Tensor, total: float) -> Tuple[torch.Tensor, torch.Tensor]:
+    """DeepEMD's node weights from their arguments z [..., M] (z_i = <u_i, mean_j v_j>):
+    w_i = relu(z_i) + 1e-3, normalised to sum ``total``. Returns the weights [..., M] and
+    the sum before normalisation [..., 1] (the closed-form SFC gradient needs it). The one
+    definition of the weights: every path (autograd, Structured FC, pictures) comes here."""
+    w = F.relu(z) + WEIGHT_FLOOR
+    s = w.sum(-1, keepdim=True)
+    return w * (total / s), s
+
+
+def deepemd_logits(value: torch.Tensor, n_nodes: int, temperature: float) -> torch.Tensor:
+    """DeepEMD's logit from the EMD value of a problem of total mass ``n_nodes`` (M):
+    temperature / M * sum_ij plan_ij (1 - cost_ij) = temperature * (1 - value / M)."""
+    return temperature * (1 - value / n_nodes)
+
+
+def cross_reference_weights(x: torch.Tensor, y: torch.Tensor, total: Optional[float] = None) -> torch.Tensor:
     """Weights of x's nodes given y: x [..., P, C, M], y [..., Q, C, N] -> [..., P, Q, M],
-    w[p, q, i] = relu(<x[p, :, i], mean_j y[q, :, j]>) + 1e-3 (leading dims: episodes)."""
-    return F.relu(torch.einsum("...pcm,...qc->...pqm", x, y.mean(-1))) + 1e-3
+    w[p, q, i] = relu(<x[p, :, i], mean_j y[q, :, j]>) + 1e-3, normalised to sum ``total``
+    (default: M, the node count) over i (leading dims: episodes); see :func:`node_weights`."""
+    z = torch.einsum("...pcm,...qc->...pqm", x, y.mean(-1))
+    return node_weights(z, x.shape[-1] if total is None else total)[0]
 
 
 def node_cost(query: torch.Tensor, proto: torch.Tensor, metric: str = "cosine",
@@ -66,10 +87,8 @@ def emd_problem(query: torch.Tensor, proto: torch.Tensor, metric: str = "cosine"
     [..., W, C, N]: cost [..., Q, W, M, N], cross-reference weights a [..., Q, W, M] and
     b [..., Q, W, N], each normalised to total mass M (leading dims: episodes)."""
     M = query.shape[-1]
-    a = cross_reference_weights(query, proto)                       # [..., Q, W, M]
-    b = cross_reference_weights(proto, query).transpose(-3, -2)     # [..., Q, W, N]
-    a = a * (M / a.sum(-1, keepdim=True))
-    b = b * (M / b.sum(-1, keepdim=True))
+    a = cross_reference_weights(query, proto, M)                     # [..., Q, W, M]
+    b = cross_reference_weights(proto, query, M).transpose(-3, -2)   # [..., Q, W, N]
     return node_cost(query, proto, metric, center), a, b
 
 
@@ -101,7 +120,7 @@ def emd_logits(query: torch.Tensor, proto: torch.Tensor, solver: Union[str, emd.
     if init is not None:
         init = (init[0].reshape(-1, M), init[1].reshape(-1, N))
     result = solver(cost.reshape(-1, M, N), a.reshape(-1, M), b.reshape(-1, N), x=x, y=y, init=init)
-    logits = (temperature * (1 - result.value / M)).reshape(shape)
+    logits = deepemd_logits(result.value, M, temperature).reshape(shape)
     return (logits, result) if return_result else logits
 
 
@@ -174,6 +193,15 @@ class StructuredFC:
         if self.compiled not in (None, True, False):
             raise ConfigError(f"StructuredFC.compiled: expected None, True or False, got {self.compiled!r}")
 
+    def gradient_path(self, head: EMDHead) -> str:
+        """How :meth:`fit_many` differentiates for ``head``: ``"closed_form"`` where asked
+        (``gradient``), the solver's gradient is the envelope theorem's
+        (``SolverSpec.envelope``, plug-ins declare it too) and the cost is cosine; else
+        ``"autograd"``."""
+        if self.gradient == "closed_form" and head.solver.envelope and head.metric == "cosine":
+            return "closed_form"
+        return "autograd"
+
     def fit(self, head: EMDHead, support: torch.Tensor, labels: torch.Tensor,
             stats: Optional[Dict[str, int]] = None) -> torch.Tensor:
         """Prototypes [n_way, C, n_nodes] fitted to support [n, C, n_nodes] with labels [n]:
@@ -206,7 +234,7 @@ class StructuredFC:
         warm = self.warm_start and head.solver.warm_starts
         starts = None       # per (episode, support image, class): the last solve's warm start
         gen = torch.Generator().manual_seed(self.seed)
-        closed_form = self.gradient == "closed_form" and head.solver.envelope and head.metric == "cosine"
+        closed_form = self.gradient_path(head) == "closed_form"
         if closed_form:
             nodes = _SupportNodes.of(feats, head.center)
             proto = _Prototypes(means.transpose(-1, -2), head.center, self.lr, self.momentum,
@@ -398,12 +426,10 @@ def _sfc_terms(head: EMDHead, nodes: _SupportNodes, proto: torch.Tensor, mean: O
         cost = 1 - (dot / norm[:, None, None]).transpose(2, 3)          # [E, k, W, M, N]
         xp = nodes.nu[..., None, None] * dot + nodes.mu[..., None, None] * cmean[:, None, None]
         z_a, z_b = xp.mean(-1).transpose(2, 3), xp.mean(2)              # [E, k, W, M], [E, k, W, N]
-    a, b = F.relu(z_a) + 1e-3, F.relu(z_b) + 1e-3
-    s_a, s_b = a.sum(-1, keepdim=True), b.sum(-1, keepdim=True)
-    a, b = a * (M / s_a), b * (M / s_b)
+    (a, s_a), (b, s_b) = node_weights(z_a, M), node_weights(z_b, M)
     result = head.solver(cost.reshape(-1, M, N), a.reshape(-1, M), b.reshape(-1, N), init=init)
     f, g = (p.reshape(E, k, W, -1) for p in result.potentials)
-    logits = T * (1 - result.value.reshape(E, k, W) / M)
+    logits = deepemd_logits(result.value.reshape(E, k, W), M, T)
     gamma = -T / M * (logits.softmax(-1) - F.one_hot(labels, W).to(logits.dtype)) / k   # [E, k, W]
     g_a = gamma[..., None] * (M / s_a) * (f - (f * a).sum(-1, keepdim=True) / M) * (z_a > 0)
     g_b = gamma[..., None] * (M / s_b) * (g - (g * b).sum(-1, keepdim=True) / M) * (z_b > 0)
