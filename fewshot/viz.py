@@ -83,8 +83,9 @@ def explain_episode(model: FewShotClassifier, episode: Episode, queries: Optiona
     chosen = list(range(len(ep.query_labels))) if queries is None else list(queries)
     q = query_nodes[chosen]
     logits, result = model.head(q, proto, return_result=True)
-    _, a, b = model.head.problem(q, proto)
     W, M, N = proto.shape[0], q.shape[2], proto.shape[2]
+    _, a, b = result.problem
+    a, b = a.reshape(len(chosen), W, M), b.reshape(len(chosen), W, N)
     plan = result.plan.reshape(len(chosen), W, M, N)
     out = []
     for k, i in enumerate(chosen):

@@ -25,6 +25,7 @@ def test_exact_matches_highs(shape):
     torch.testing.assert_close(r.plan.sum(1), b, atol=1e-9, rtol=0)
     assert (r.plan >= 0).all()
     torch.testing.assert_close((r.plan * cost).sum((1, 2)), r.value)
+    assert all(x is y for x, y in zip(r.problem, (cost, a, b)))      # the result carries its problem
     f, g = r.potentials
     # strong duality: value = <f, a> + <g, b> for the centred potentials too (sum a = sum b)
     torch.testing.assert_close((f * a).sum(1) + (g * b).sum(1), r.value, atol=1e-9, rtol=0)

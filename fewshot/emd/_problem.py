@@ -29,12 +29,15 @@ class EMDResult:
     potentials: (f [B, M], g [B, N]) dual potentials where the solver has them, else None.
     solver: name of the solver that produced the result.
     info: solver-specific diagnostics (iterations, marginal error, ...).
+    problem: (cost [B, M, N], a [B, M], b [B, N]), the problem solved, as passed to the
+        solver (set by :class:`fewshot.emd.Solver`; None from a solver function called alone).
     """
     plan: Optional[torch.Tensor]
     value: torch.Tensor
     potentials: Optional[Tuple[torch.Tensor, torch.Tensor]] = None
     solver: str = ""
     info: Dict[str, Any] = field(default_factory=dict)
+    problem: Optional[Tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = None
 
 
 def _distinct(t: torch.Tensor) -> torch.Tensor:

@@ -140,8 +140,9 @@ class Solver:
                  init: Optional[Tuple[torch.Tensor, torch.Tensor]] = None) -> EMDResult:
         """Solve cost [B, M, N], a [B, M], b [B, N]; ``x`` [B, M, D] and ``y`` [B, N, D] for
         solvers that need node coordinates, ``init`` (a previous result's
-        ``info["warm_start"]``, per problem) for those that warm-start. Raises
-        EMDInputError naming the argument for invalid tensors."""
+        ``info["warm_start"]``, per problem) for those that warm-start. The result carries
+        the problem (``result.problem``). Raises EMDInputError naming the argument for
+        invalid tensors."""
         check_problem(cost, a, b)
         extra: Dict[str, Any] = {}
         if self.needs_points:
@@ -152,7 +153,9 @@ class Solver:
             if not self.warm_starts:
                 raise EMDInputError(f"EMD solver {self.name!r} does not warm-start; pass no init")
             extra["init"] = init
-        return self.spec.fn(cost, a, b, **self.options, **extra)
+        result = self.spec.fn(cost, a, b, **self.options, **extra)
+        result.problem = (cost, a, b)
+        return result
 
     def __repr__(self) -> str:
         opts = ", ".join(f"{k}={v!r}" for k, v in self.options.items() if not isinstance(v, torch.nn.Module))

@@ -152,10 +152,6 @@ class EMDHead(nn.Module):
         return emd_logits(query, proto, self.solver, None, self.temperature, self.metric, self.center,
                           init=init, return_result=return_result)
 
-    def problem(self, query: torch.Tensor, proto: torch.Tensor):
-        """cost [Q, W, M, N], a [Q, W, M], b [Q, W, N] of query [Q, C, M] and proto [W, C, N]."""
-        return emd_problem(query, proto, self.metric, self.center)
-
 
 _SFC_OPTIONS = {
     "steps": emd.Option(100, int, low=1), "batch": emd.Option(4, int, low=1),
