@@ -9,7 +9,6 @@ are checked against the constructor they are passed to (see ``registry.py``).
 from __future__ import annotations
 
 import copy
-import math
 import dataclasses
 import os
 import typing
@@ -19,6 +18,7 @@ from typing import Any, Dict, List, Optional
 import yaml
 
 from .errors import ConfigError
+from .options import Option
 
 
 @dataclass
@@ -314,63 +314,49 @@ def size_schedule(pretrain: PretrainConfig, image_size: int) -> List[List[int]]:
     return pairs
 
 
-# (key, lowest allowed value, whether the lowest is excluded): checked when a config loads
-_RANGES = [
-    ("data.image_size", 16, False), ("data.workers", 0, False),
-    ("episode.n_way", 2, False), ("episode.n_shot", 1, False), ("episode.n_query", 1, False),
-    ("pretrain.epochs", 1, False), ("pretrain.batch_size", 1, False), ("pretrain.momentum", 0, False),
-    ("pretrain.weight_decay", 0, False), ("pretrain.step_size", 1, False), ("pretrain.gamma", 0, True),
-    ("pretrain.val_episodes", 1, False), ("pretrain.val_every", 1, False),
-    ("pretrain.emd_loss_weight", 0, False),
-    ("meta.epochs", 1, False), ("meta.episodes_per_epoch", 1, False), ("meta.momentum", 0, False),
-    ("meta.weight_decay", 0, False), ("meta.step_size", 1, False), ("meta.gamma", 0, True),
-    ("meta.val_episodes", 1, False), ("meta.val_every", 1, False),
-    ("eval.episodes", 0, False), ("eval.n_query", 1, False),
-    ("run.max_steps", 0, False), ("run.log_every", 1, False), ("run.checkpoint_every", 1, False),
-]
+def _int(low: int, high: Optional[int] = None) -> Option:
+    return Option(low, int, low=low, high=high)
+
+
+def _num(low: float, low_open: bool = False, high: Optional[float] = None, high_open: bool = False) -> Option:
+    return Option(low, float, low=low, low_open=low_open, high=high, high_open=high_open)
+
+
+_SEED = _int(0, 2 ** 31 - 1)
+_STAGE_OPTIONS = {          # the same admitted values in pretrain.* and meta.*
+    "epochs": _int(1), "momentum": _num(0, high=1, high_open=True), "weight_decay": _num(0),
+    "step_size": _int(1), "gamma": _num(0, low_open=True), "val_episodes": _int(1), "val_every": _int(1),
+    "warmup_epochs": _num(0), "lr": _num(0, low_open=True),
+    "schedule": Option("step", str, choices=("step", "cosine"))}
+# key -> the values it admits (emd.Option, the validator of model and solver options too),
+# checked when a config loads
+_OPTIONS: Dict[str, Option] = {
+    "data.image_size": _int(16), "data.workers": _int(0),
+    "episode.n_way": _int(2), "episode.n_shot": _int(1), "episode.n_query": _int(1),
+    **{f"{stage}.{k}": opt for stage in ("pretrain", "meta") for k, opt in _STAGE_OPTIONS.items()},
+    "pretrain.batch_size": _int(1), "pretrain.emd_loss_weight": _num(0),
+    "pretrain.head": Option("linear", str, choices=("linear", "cosine")),
+    "pretrain.head_scale": _num(0, low_open=True), "pretrain.label_smoothing": _num(0, high=1, high_open=True),
+    "pretrain.emd_loss_rho": _num(1),       # 1: EMD, 2: EMD^2
+    "meta.episodes_per_epoch": _int(1),
+    "eval.episodes": _int(0), "eval.n_query": _int(1), "eval.seed": _SEED,
+    "run.max_steps": _int(0), "run.log_every": _int(1), "run.checkpoint_every": _int(1),
+    "run.seed": _SEED, "run.stage": Option("both", str, choices=("pretrain", "meta", "both")),
+}
 
 
 def check(config: Config) -> None:
     """Range checks of numeric keys and of the training-schedule keys (ConfigError naming
     the key), so that a bad value stops a run before any training work."""
-    for key, low, exclusive in _RANGES:
+    for key, opt in _OPTIONS.items():
         section, name = key.split(".")
-        value = getattr(getattr(config, section), name)
-        if not (value > low if exclusive else value >= low):
-            raise ConfigError(f"{key}: expected {'>' if exclusive else '>='} {low}, got {value}")
-    for key in ("run.seed", "eval.seed"):
-        section, name = key.split(".")
-        value = getattr(getattr(config, section), name)
-        if not 0 <= value < 2 ** 31:
-            raise ConfigError(f"{key}: expected a seed in 0 .. 2**31 - 1, got {value}")
-    for name in ("pretrain", "meta"):
-        if not getattr(config, name).momentum < 1:
-            raise ConfigError(f"{name}.momentum: expected < 1, got {getattr(config, name).momentum}")
-    if config.run.stage not in ("pretrain", "meta", "both"):
-        raise ConfigError(f"run.stage: {config.run.stage!r} is not one of pretrain, meta, both")
-    for name in ("pretrain", "meta"):
-        stage = getattr(config, name)
-        if stage.schedule not in ("step", "cosine"):
-            raise ConfigError(f"{name}.schedule: {stage.schedule!r} is not one of step, cosine")
-        if not stage.warmup_epochs >= 0:
-            raise ConfigError(f"{name}.warmup_epochs: expected >= 0, got {stage.warmup_epochs}")
-        if not stage.lr > 0:
-            raise ConfigError(f"{name}.lr: expected > 0, got {stage.lr}")
+        opt.check(getattr(getattr(config, section), name), key)
     scale = config.data.crop_scale
     if (len(scale) != 2 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in scale)
             or not 0 < scale[0] <= scale[1] <= 1):
         raise ConfigError(f"data.crop_scale: expected [min, max] area fractions with "
                           f"0 < min <= max <= 1, got {scale!r}")
     p = config.pretrain
-    if p.head not in ("linear", "cosine"):
-        raise ConfigError(f"pretrain.head: {p.head!r} is not one of linear, cosine")
-    if not p.head_scale > 0:
-        raise ConfigError(f"pretrain.head_scale: expected > 0, got {p.head_scale}")
-    if not 0 <= p.label_smoothing < 1:
-        raise ConfigError(f"pretrain.label_smoothing: expected in [0, 1), got {p.label_smoothing}")
-    if not (math.isfinite(p.emd_loss_rho) and p.emd_loss_rho >= 1):
-        raise ConfigError(f"pretrain.emd_loss_rho: expected a number >= 1 (1: EMD, 2: EMD^2), "
-                          f"got {p.emd_loss_rho}")
     if p.emd_loss_weight > 0 and not p.class_tree:
         raise ConfigError("pretrain.emd_loss_weight > 0 needs pretrain.class_tree (a JSON tree)")
     if p.class_tree and p.emd_loss_weight == 0:

@@ -19,7 +19,6 @@ import json
 import os
 import sys
 
-import torch
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 sys.path.insert(0, ROOT)

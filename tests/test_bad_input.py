@@ -375,7 +375,7 @@ def test_config_with_a_utf8_bom_loads(tmp_path):
 @pytest.mark.parametrize("main, args, culprit", [
     (train_main, ["--stage", "bogus"], "argument --stage: invalid choice: 'bogus'"),
     (train_main, ["--way", "three"], "argument --way: invalid int value: 'three'"),
-    (train_main, ["--seed", str(2 ** 40)], "run.seed: expected a seed in 0 .. 2**31 - 1"),
+    (train_main, ["--seed", str(2 ** 40)], "run.seed: expected an integer >= 0 and <= 2147483647"),
     (train_main, ["--seed", "-1"], "run.seed"),
     (eval_main, ["--checkpoint", "x.pt", "--episodes", "ten"], "argument --episodes: invalid int value"),
     (eval_main, [], "the following arguments are required: --checkpoint"),

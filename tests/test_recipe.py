@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from fewshot.config import load_config
 from fewshot.data import BatchAugment
 from fewshot.data.augment import resized_crops, sample_boxes
-from fewshot.engine.trainer import lr_factor
+from fewshot.engine.schedules import lr_factor
 from fewshot.errors import ConfigError
 from fewshot.models import Conv4, CosineClassifier
 

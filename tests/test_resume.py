@@ -104,13 +104,13 @@ def _augment(aug):
 
 KILLS = {   # where: (function to wrap, when to kill)
     # after the mid-epoch checkpoint of meta step 6 (epoch 1 of steps 5..8)
-    "meta_mid_epoch": ("fewshot.engine.trainer:save_checkpoint",
+    "meta_mid_epoch": ("fewshot.engine.checkpoint:save_checkpoint",
                        "'after' if args[1]['stage'] == 'meta' and args[1]['step'] == 6 else None"),
     # inside the second meta validation: last.pt holds step 8, written before it
     "meta_validation": ("fewshot.engine.trainer:evaluate",
                         "'before' if n == 4 else None"),
     # after a mid-epoch pretraining checkpoint
-    "pretrain_mid_epoch": ("fewshot.engine.trainer:save_checkpoint",
+    "pretrain_mid_epoch": ("fewshot.engine.checkpoint:save_checkpoint",
                            "'after' if args[1]['stage'] == 'pretrain' and args[1]['step'] == 2 else None"),
     "checkpoint_write": HALF_WRITE,
 }

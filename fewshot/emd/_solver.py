@@ -11,70 +11,14 @@ range, so a bad option is reported when a model is built, not at its first solve
 from __future__ import annotations
 
 import inspect
-import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Optional, Tuple
 
 import torch
 
 from ..errors import ConfigError
+from ..options import Option
 from ._problem import EMDInputError, EMDResult, check_problem
-
-
-@dataclass(frozen=True)
-class Option:
-    """One solver option: its default, its type (``float``, ``int``, ``str``, ``bool`` or
-    ``object`` for anything) and the values it admits (``low`` / ``high`` bounds, inclusive
-    unless ``low_open`` / ``high_open``; ``choices`` for strings)."""
-    default: Any
-    kind: type = float
-    low: Optional[float] = None
-    high: Optional[float] = None
-    low_open: bool = False
-    high_open: bool = False
-    choices: Tuple[Any, ...] = ()
-
-    def expected(self) -> str:
-        if self.choices:
-            return "one of " + ", ".join(map(repr, self.choices))
-        what = {float: "a finite number", int: "an integer", bool: "true or false",
-                str: "a string"}.get(self.kind, "a value")
-        bounds = []
-        if self.low is not None:
-            bounds.append(f"{'>' if self.low_open else '>='} {self.low:g}")
-        if self.high is not None:
-            bounds.append(f"{'<' if self.high_open else '<='} {self.high:g}")
-        return what + (" " + " and ".join(bounds) if bounds else "")
-
-    def check(self, value: Any, key: str) -> Any:
-        """``value`` converted to the option's type; ConfigError naming ``key`` if it is not admitted."""
-        def bad():
-            return ConfigError(f"{key}: expected {self.expected()}, got {value!r}")
-        if self.kind is object or (value is None and self.default is None):
-            return value
-        if self.kind is bool:
-            if not isinstance(value, bool):
-                raise bad()
-            return value
-        if self.kind is str:
-            if not isinstance(value, str) or (self.choices and value not in self.choices):
-                raise bad()
-            return value
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise bad()
-        if self.kind is int:
-            if isinstance(value, float) and not value.is_integer():
-                raise bad()
-            value = int(value)
-        elif not math.isfinite(value):
-            raise bad()
-        else:
-            value = float(value)
-        if self.low is not None and (value < self.low or (self.low_open and value == self.low)):
-            raise bad()
-        if self.high is not None and (value > self.high or (self.high_open and value == self.high)):
-            raise bad()
-        return value
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import Dict, List, Union
+from typing import Dict, Iterator, List, Tuple, Union
 
 import torch
 from tqdm import tqdm
@@ -55,43 +55,54 @@ def evaluate(model: FewShotClassifier, sampler: Sampler, n_episodes: int, device
     was_training = model.training
     model.eval()
     start = time.perf_counter()
+    timing = {"encode_seconds": 0.0}
     accs: List[float] = []
-    cached = cache_features and model.supports_feature_cache()
-    encode_seconds = 0.0
-    if cached:
-        indices = [sampler.indices(i) for i in range(n_episodes)]
-        distinct = sorted({j for ep in indices for j in ep.support + ep.query})
-        position = {j: p for p, j in enumerate(distinct)}
-        features = encode_images(model, sampler.dataset, distinct, device, progress=progress,
-                                 channels_last=channels_last)
-        encode_seconds = time.perf_counter() - start
-        bar = tqdm(total=len(indices), desc="episodes", disable=not progress, leave=False)
-        for first in range(0, len(indices), episodes_per_fit):
-            group = indices[first:first + episodes_per_fit]   # support sets fitted together
-            support = torch.stack([features[[position[j] for j in ep.support]] for ep in group])
-            labels = torch.stack([ep.labels(len(ep.support) // ep.n_way) for ep in group]).to(device)
-            for ep, prototypes in zip(group, model.fit_supports(support, labels)):
-                model.prototypes = prototypes
-                with torch.no_grad():
-                    logits = model.score(features[[position[j] for j in ep.query]])
-                accs.append(accuracy(logits, ep.labels(len(ep.query) // ep.n_way)))
-            bar.update(len(group))
-        bar.close()
-    else:
-        for i in tqdm(range(n_episodes), desc="episodes", disable=not progress, leave=False):
-            ep = sampler.episode(i).to(device)
+    groups = _episode_groups(model, sampler, n_episodes, device, cache_features and model.supports_feature_cache(),
+                             progress, channels_last, episodes_per_fit, timing)
+    bar = tqdm(total=n_episodes, desc="episodes", disable=not progress, leave=False)
+    for support, labels, queries in groups:
+        for (query, query_labels), prototypes in zip(queries, model.fit_supports(support, labels)):
+            model.prototypes = prototypes
             with torch.no_grad():
-                s = model.encode(_placed(ep.support_images, device, channels_last))
-                q = model.encode(_placed(ep.query_images, device, channels_last))
-            model.fit_support(s, ep.support_labels)
-            with torch.no_grad():
-                logits = model.score(q)
-            accs.append(accuracy(logits, ep.query_labels))
+                accs.append(accuracy(model.score(query), query_labels))
+        bar.update(len(queries))
+    bar.close()
     model.train(was_training)
     mean, ci = mean_confidence_interval(accs)
     total = time.perf_counter() - start
+    encode_seconds = timing["encode_seconds"]
     return {"accuracy": mean, "ci95": ci, "episodes": len(accs), "seconds": total,
             "encode_seconds": encode_seconds, "episode_seconds": total - encode_seconds}
+
+
+def _episode_groups(model: FewShotClassifier, sampler: Sampler, n_episodes: int, device: torch.device,
+                    cached: bool, progress: bool, channels_last: bool, episodes_per_fit: int,
+                    timing: Dict[str, float]) -> Iterator[Tuple[torch.Tensor, torch.Tensor, list]]:
+    """The episodes as groups whose support sets are fitted together: (support features
+    [E, n, ...], support labels [E, n], E pairs (query features [q, ...], query labels [q])).
+    ``cached``: every distinct image encoded once (its time in ``timing["encode_seconds"]``),
+    groups of ``episodes_per_fit``; else each episode's images encoded with it, one per group."""
+    if not cached:
+        for i in range(n_episodes):
+            ep = sampler.episode(i).to(device)
+            with torch.no_grad():
+                support = model.encode(_placed(ep.support_images, device, channels_last))
+                query = model.encode(_placed(ep.query_images, device, channels_last))
+            yield support[None], ep.support_labels[None], [(query, ep.query_labels)]
+        return
+    start = time.perf_counter()
+    indices = [sampler.indices(i) for i in range(n_episodes)]
+    distinct = sorted({j for ep in indices for j in ep.support + ep.query})
+    position = {j: p for p, j in enumerate(distinct)}
+    features = encode_images(model, sampler.dataset, distinct, device, progress=progress,
+                             channels_last=channels_last)
+    timing["encode_seconds"] = time.perf_counter() - start
+    for first in range(0, len(indices), episodes_per_fit):
+        group = indices[first:first + episodes_per_fit]
+        support = torch.stack([features[[position[j] for j in ep.support]] for ep in group])
+        labels = torch.stack([ep.labels(len(ep.support) // ep.n_way) for ep in group]).to(device)
+        yield support, labels, [(features[[position[j] for j in ep.query]],
+                                 ep.labels(len(ep.query) // ep.n_way)) for ep in group]
 
 
 def format_result(result: Dict[str, float]) -> str:

@@ -7,18 +7,12 @@ so a run killed at any point and resumed ends with the weights of the uninterrup
 """
 from __future__ import annotations
 
-import math
 import os
-import random
-import time
-from dataclasses import dataclass
-from typing import Callable, Dict, Iterable, List, Optional, Tuple
+from typing import Callable, List, Optional, Tuple
 
-import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from ..config import Config, save_config, size_schedule
 from ..data import EpisodeSampler, ManifestSampler, build_dataset, build_transform, device_augment
@@ -28,16 +22,13 @@ from ..emd.hierarchy import load_class_tree
 from ..errors import ConfigError, FewShotError
 from ..models import CosineClassifier, FewShotClassifier, create_model
 from . import _distributed as ddp
+from . import schedules
 from .._io import lock_folder
-from .checkpoint import load_checkpoint, remove_stale_temporaries, save_checkpoint
-from .evaluate import evaluate, format_result, progress_bars
+from ._loop import run_epochs
+from ._state import Stage, first_line, load_weights, log, resume_path, seed_everything
+from .checkpoint import load_checkpoint, remove_stale_temporaries
+from .evaluate import evaluate
 from .metrics import accuracy
-
-
-def log(msg: str) -> None:
-    if not ddp.is_main():
-        return
-    tqdm.write(msg)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -50,30 +41,6 @@ def resolve_device(name: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"run.device: {name!r} asked for, but CUDA is not available here")
     return device
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2 ** 32)
-    torch.manual_seed(seed)
-
-
-def _rng_state() -> Dict:
-    np_state = np.random.get_state()
-    state = {"python": random.getstate(), "torch": torch.get_rng_state(),
-             "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]]}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: Dict) -> None:
-    random.setstate(tuple(tuple(x) if isinstance(x, list) else x for x in state["python"]))
-    torch.set_rng_state(state["torch"])
-    kind, keys, *rest = state["numpy"]
-    np.random.set_state((kind, keys.numpy().astype(np.uint32), *rest))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def load_split(config: Config, split: str, train: bool) -> ImageDataset:
@@ -137,40 +104,6 @@ def _loader(dataset, config: Config, device: torch.device, seed: int, **kw):
                                        generator=torch.Generator().manual_seed(seed), **kw)
 
 
-def _size_at(sizes, epoch: int) -> Optional[int]:
-    """Training image size of ``epoch`` under a checked size schedule (None: data.image_size)."""
-    current = None
-    for first, size in sizes:
-        if epoch >= first:
-            current = size
-    return current
-
-
-def _first_line(e: BaseException) -> str:
-    lines = str(e).strip().splitlines()
-    return lines[0] if lines else type(e).__name__
-
-
-def load_weights(module: nn.Module, state: Dict, what: str) -> None:
-    """``module.load_state_dict(state)``, or a FewShotError starting with ``what`` that names
-    the first missing, unexpected or mis-shaped weight."""
-    own = module.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    shaped = [k for k in own if k in state and tuple(own[k].shape) != tuple(state[k].shape)]
-    if missing or unexpected or shaped:
-        if shaped:
-            k = shaped[0]
-            detail = f"weight {k!r} has shape {tuple(state[k].shape)}, the model's {tuple(own[k].shape)}"
-        elif missing:
-            detail = f"{len(missing)} weight(s) missing, e.g. {missing[0]!r}"
-        else:
-            detail = f"{len(unexpected)} unexpected weight(s), e.g. {unexpected[0]!r}"
-        raise FewShotError(f"{what}: the weights do not fit the configured model ({detail}); "
-                           f"was it trained with another model.backbone or model.method?")
-    module.load_state_dict(state)
-
-
 def build_model(config: Config) -> FewShotClassifier:
     """The model of ``config``, checked against the images it will see: a backbone that cannot
     take data.image_size images of the transform's channels, or that leaves no feature map, is a
@@ -188,7 +121,7 @@ def build_model(config: Config) -> FewShotClassifier:
     except RuntimeError as e:
         raise ConfigError(f"model.backbone_options {m.backbone_options!r}: this {m.backbone} cannot take "
                           f"{channels} x {size} x {size} images (data.image_size, data.transform "
-                          f"{config.data.transform!r}): {_first_line(e)}") from None
+                          f"{config.data.transform!r}): {first_line(e)}") from None
     finally:
         model.train(was_training)
     if fmap.dim() != 4 or min(fmap.shape[2:]) < 1:
@@ -226,188 +159,6 @@ def episode_sampler(config: Config, split: str, n_way: int, n_shot: int, n_query
     return EpisodeSampler(dataset, n_way, n_shot, n_query, seed=seed)
 
 
-@dataclass
-class _Stage:
-    """State shared by both stages."""
-    name: str
-    config: Config
-    model: FewShotClassifier
-    extra: Dict[str, nn.Module]        # modules trained beside the model (pretrain head)
-    optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LRScheduler
-    folder: str
-    device: torch.device
-    step: int = 0
-    epoch: int = 0
-    best: float = -1.0
-
-    def state(self) -> Dict:
-        return {"stage": self.name, "model": self.model.state_dict(),
-                "extra": {k: v.state_dict() for k, v in self.extra.items()},
-                "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                "step": self.step, "epoch": self.epoch, "best": self.best,
-                "config": self.config.to_dict(), "rng": _rng_state()}
-
-    def restore(self, path: str) -> None:
-        state = load_checkpoint(path, map_location=self.device)
-        if state.get("stage") != self.name:
-            raise FewShotError(f"--resume {path!r}: checkpoint is of stage {state.get('stage')!r}, "
-                               f"not {self.name!r}")
-        missing = [k for k in ("extra", "optimizer", "scheduler", "step", "epoch", "best", "rng")
-                   if k not in state]
-        if missing:
-            raise FewShotError(f"--resume {path!r}: not a training checkpoint (no {', '.join(missing)})")
-        differences = _config_differences(state.get("config") or {}, self.config.to_dict(), self.name)
-        if differences:
-            raise FewShotError(f"--resume {path!r}: the checkpoint was trained with other settings "
-                               f"({'; '.join(differences[:4])}{'; ...' if len(differences) > 4 else ''}); "
-                               f"resume with the same settings, or train into a new --out")
-        load_weights(self.model, state["model"], f"--resume {path!r}")
-        for k, v in self.extra.items():
-            load_weights(v, state["extra"].get(k, {}), f"--resume {path!r} ({k})")
-        try:
-            self.optimizer.load_state_dict(state["optimizer"])
-            self.scheduler.load_state_dict(state["scheduler"])
-        except (ValueError, KeyError, RuntimeError) as e:
-            raise FewShotError(f"--resume {path!r}: the optimiser state does not fit this run: "
-                               f"{_first_line(e)}") from None
-        self.step, self.epoch, self.best = state["step"], state["epoch"], state["best"]
-        _set_rng_state(state["rng"])
-        log(f"[{self.name}] resumed from {path} at epoch {self.epoch}, step {self.step}")
-
-
-def _sgd(params: Iterable, lr: float, momentum: float, nesterov: bool, weight_decay: float):
-    return torch.optim.SGD(params, lr=lr, momentum=momentum, nesterov=nesterov and momentum > 0,
-                           weight_decay=weight_decay)
-
-
-def lr_factor(step: int, steps_per_epoch: int, epochs: int, schedule: str, step_size: int,
-              gamma: float, warmup_epochs: float) -> float:
-    """Learning-rate multiplier before optimisation step ``step`` (0-based).
-
-    ``step``: gamma ** (epoch // step_size), constant within an epoch; ``cosine``:
-    0.5 * (1 + cos(pi * t)) with t the fraction of all steps done, decaying to 0 at the
-    end. Both are multiplied by a linear warm-up over the first ``warmup_epochs``."""
-    if schedule == "cosine":
-        factor = 0.5 * (1 + math.cos(math.pi * step / max(1, epochs * steps_per_epoch)))
-    else:
-        factor = gamma ** ((step // steps_per_epoch) // step_size)
-    warm = warmup_epochs * steps_per_epoch
-    if warm > 0 and step < warm:
-        factor *= (step + 1) / warm
-    return factor
-
-
-def _scheduler(optimizer: torch.optim.Optimizer, cfg, steps_per_epoch: int):
-    """The per-step schedule of a stage config (pretrain or meta), as a LambdaLR."""
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(
-        step, steps_per_epoch, cfg.epochs, cfg.schedule, cfg.step_size, cfg.gamma, cfg.warmup_epochs))
-
-
-def _run_epochs(stage: _Stage, epochs: int, steps_per_epoch: int,
-                batches: Callable[[int, int], Iterable], step_fn: Callable,
-                validate: Callable[[], Dict[str, float]], unit: str, val_every: int,
-                on_validate: Optional[Callable] = None) -> None:
-    """The loop shared by both stages.
-
-    ``batches(epoch, offset)`` yields the batches of ``epoch`` from position ``offset``;
-    ``step_fn(batch)`` returns (loss tensor, accuracy %, items in the batch);
-    ``on_validate(writer, step)`` adds to TensorBoard after each validation.
-    """
-    from torch.utils.tensorboard import SummaryWriter
-
-    cfg = stage.config.run
-    main = ddp.is_main()
-    # a resumed run drops what a killed run logged after its checkpoint (steps > stage.step)
-    writer = SummaryWriter(os.path.join(stage.folder, "tb"), purge_step=stage.step + 1 if stage.step else None) \
-        if main else None
-    last_path, best_path = os.path.join(stage.folder, "last.pt"), os.path.join(stage.folder, "best.pt")
-    scaler = torch.amp.GradScaler("cuda", enabled=cfg.amp and stage.device.type == "cuda")
-    total = epochs * steps_per_epoch
-    if cfg.max_steps:
-        total = min(total, cfg.max_steps)
-    bar = tqdm(total=total, initial=min(stage.step, total), desc=stage.name,
-               disable=not (progress_bars(cfg.progress) and main), dynamic_ncols=True)
-
-    validated_at = [-1]
-
-    def save(path: str) -> None:
-        if main:
-            writer.flush()               # the log holds every step the checkpoint holds
-            save_checkpoint(path, stage.state())
-
-    def check_val() -> None:
-        validated_at[0] = stage.step
-        if not main:                      # the main process validates; the others wait for it
-            ddp.barrier()
-            return
-        result = validate()
-        writer.add_scalar("val/accuracy", result["accuracy"], stage.step)
-        writer.add_scalar("val/ci95", result["ci95"], stage.step)
-        if on_validate is not None:
-            on_validate(writer, stage.step)
-        improved = result["accuracy"] > stage.best
-        if improved:
-            stage.best = result["accuracy"]
-        log(f"[{stage.name}] epoch {stage.epoch} step {stage.step}: val {format_result(result)}"
-            + ("  (best)" if improved else ""))
-        if improved or not os.path.exists(best_path):
-            save_checkpoint(best_path, stage.state())
-        ddp.barrier()
-
-    stopped = False
-    while stage.epoch < epochs and not stopped:
-        if cfg.max_steps and stage.step >= cfg.max_steps:
-            stopped = True
-            break
-        offset = stage.step - stage.epoch * steps_per_epoch
-        stage.model.train()
-        for m in stage.extra.values():
-            m.train()
-        tic = time.perf_counter()
-        for batch in batches(stage.epoch, offset):
-            if cfg.max_steps and stage.step >= cfg.max_steps:
-                stopped = True
-                break
-            with torch.autocast(stage.device.type, enabled=scaler.is_enabled()):
-                loss, acc, items = step_fn(batch)
-            if not torch.isfinite(loss):
-                raise FewShotError(f"[{stage.name}] the training loss is {loss.item()} at step "
-                                   f"{stage.step}: lower {stage.name}.lr or check the data")
-            stage.optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(stage.optimizer)
-            scaler.update()
-            stage.scheduler.step()
-            stage.step += 1
-            bar.update(1)
-            toc = time.perf_counter()
-            if stage.step % cfg.log_every == 0 and main:
-                writer.add_scalar("train/loss", loss.item(), stage.step)
-                writer.add_scalar("train/accuracy", acc, stage.step)
-                writer.add_scalar("train/lr", stage.optimizer.param_groups[0]["lr"], stage.step)
-                writer.add_scalar(f"train/{unit}_per_second", items / max(toc - tic, 1e-9), stage.step)
-                bar.set_postfix(loss=f"{loss.item():.3f}", acc=f"{acc:.1f}")
-            tic = toc
-            if stage.step % cfg.checkpoint_every == 0:
-                save(last_path)
-        if stopped:
-            break
-        stage.epoch += 1
-        if stage.epoch % max(1, val_every) == 0 or stage.epoch == epochs:
-            check_val()
-        save(last_path)
-    if stopped:
-        log(f"[{stage.name}] stopped after --max-steps {cfg.max_steps}")
-        if validated_at[0] != stage.step:
-            check_val()
-        save(last_path)
-    bar.close()
-    if main:
-        writer.close()
-    log(f"[{stage.name}] done: best val {stage.best:.2f} %; checkpoints in {stage.folder}")
-
-
 def _prepare(config: Config, name: str) -> Tuple[str, torch.device, FewShotClassifier]:
     """The stage's folder, device and model: the model is built (seeded by run.seed) and
     --out locked (:func:`lock_folder`) before anything is read from it; nothing is written
@@ -435,44 +186,6 @@ def _begin(config: Config, folder: str) -> None:
     if not os.path.exists(top):
         save_config(config, top)
     save_config(config, os.path.join(folder, "config.yaml"))
-
-
-# keys a resumed stage may change: where things are and how the run is watched, not what it computes
-_RESUMABLE = {"data.root", "data.workers", "data.cache_images", "run.device", "run.out", "run.stage",
-              "run.max_steps", "run.log_every", "run.checkpoint_every", "run.progress", "meta.pretrained",
-              "eval.episodes", "eval.split", "eval.episodes_file"}
-
-
-def _config_differences(saved: Dict, current: Dict, stage: str) -> List[str]:
-    """'key: checkpoint X, this run Y' for every key of the two configs (nested dicts) that a
-    resumed ``stage`` must keep; the other stage's section and keys the checkpoint lacks (older
-    configs) are not compared."""
-    other = "meta" if stage == "pretrain" else "pretrain"
-    out: List[str] = []
-
-    def walk(a, b, prefix):
-        for key in sorted(set(a) & set(b)):
-            name = f"{prefix}{key}"
-            if name in _RESUMABLE or name.split(".")[0] == other:
-                continue
-            if isinstance(a[key], dict) and isinstance(b[key], dict) and name.count(".") == 0:
-                walk(a[key], b[key], name + ".")
-            elif a[key] != b[key]:
-                out.append(f"{name}: checkpoint {a[key]!r}, this run {b[key]!r}")
-    walk(saved, current, "")
-    return out
-
-
-def _resume_path(folder: str, resume: Optional[str]) -> Optional[str]:
-    if resume is None:
-        return None
-    path = resume or os.path.join(folder, "last.pt")
-    if not os.path.isfile(path):
-        if resume:
-            raise FewShotError(f"--resume {path!r}: no such checkpoint")
-        log(f"no checkpoint at {path}; starting from the beginning")
-        return None
-    return path
 
 
 def _validator(config: Config, model: FewShotClassifier, device: torch.device, stage: str,
@@ -512,11 +225,11 @@ def pretrain(config: Config, resume: Optional[str] = None) -> str:
         head = CosineClassifier(model.backbone.num_channels, n_classes, p.head_scale).to(device)
     else:
         head = nn.Linear(model.backbone.num_channels, n_classes).to(device)
-    optimizer = _sgd(list(model.parameters()) + list(head.parameters()), p.lr, p.momentum,
+    optimizer = schedules.sgd(list(model.parameters()) + list(head.parameters()), p.lr, p.momentum,
                      p.nesterov, p.weight_decay)
-    scheduler = _scheduler(optimizer, p, steps_per_epoch)
-    stage = _Stage("pretrain", config, model, {"head": head}, optimizer, scheduler, folder, device)
-    path = _resume_path(folder, resume)
+    scheduler = schedules.scheduler(optimizer, p, steps_per_epoch)
+    stage = Stage("pretrain", config, model, {"head": head}, optimizer, scheduler, folder, device)
+    path = resume_path(folder, resume)
     if path:
         stage.restore(path)
     _begin(config, folder)
@@ -532,8 +245,8 @@ def pretrain(config: Config, resume: Optional[str] = None) -> str:
     logged_size = [None]
 
     def batches(epoch: int, offset: int):
-        if sizes and _size_at(sizes, epoch) != logged_size[0]:
-            logged_size[0] = _size_at(sizes, epoch)
+        if sizes and schedules.size_at(sizes, epoch) != logged_size[0]:
+            logged_size[0] = schedules.size_at(sizes, epoch)
             log(f"[pretrain] from epoch {epoch}: training images of {logged_size[0]} px")
         g = torch.Generator().manual_seed(config.run.seed * 100_003 + epoch)
         order = torch.randperm(len(train_set), generator=g)
@@ -548,7 +261,7 @@ def pretrain(config: Config, resume: Optional[str] = None) -> str:
     def step_fn(batch):
         images, labels = batch[0].to(device, non_blocking=True), batch[1].to(device, non_blocking=True)
         if augment is not None:
-            images = augment(images, stage.step, size=_size_at(sizes, stage.epoch))
+            images = augment(images, stage.step, size=schedules.size_at(sizes, stage.epoch))
         if channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         logits = net(images)
@@ -560,7 +273,7 @@ def pretrain(config: Config, resume: Optional[str] = None) -> str:
     log(f"[pretrain] {len(train_set.classes)} classes, {len(train_set)} images, "
         f"{steps_per_epoch} steps/epoch on {device}" + (f" x {size} processes" if size > 1 else ""))
     validate = _validator(config, model, device, "pretrain", 5, 1)
-    _run_epochs(stage, p.epochs, steps_per_epoch, batches, step_fn, validate, unit="images",
+    run_epochs(stage, p.epochs, steps_per_epoch, batches, step_fn, validate, unit="images",
                 val_every=p.val_every)
     return os.path.join(folder, "best.pt")
 
@@ -641,10 +354,10 @@ def meta_train(config: Config, resume: Optional[str] = None) -> str:
     steps_per_epoch = m.episodes_per_epoch // size
     if steps_per_epoch == 0:
         raise ConfigError(f"meta.episodes_per_epoch {m.episodes_per_epoch} is below the {size} processes")
-    optimizer = _sgd(model.parameters(), m.lr, m.momentum, m.nesterov, m.weight_decay)
-    scheduler = _scheduler(optimizer, m, steps_per_epoch)
-    stage = _Stage("meta", config, model, {}, optimizer, scheduler, folder, device)
-    path = _resume_path(folder, resume)
+    optimizer = schedules.sgd(model.parameters(), m.lr, m.momentum, m.nesterov, m.weight_decay)
+    scheduler = schedules.scheduler(optimizer, m, steps_per_epoch)
+    stage = Stage("meta", config, model, {}, optimizer, scheduler, folder, device)
+    path = resume_path(folder, resume)
     if path:
         stage.restore(path)
     _begin(config, folder)
@@ -679,7 +392,7 @@ def meta_train(config: Config, resume: Optional[str] = None) -> str:
     log(f"[meta] {e.n_way}-way {e.n_shot}-shot {e.n_query}-query, {config.model.method} / "
         f"{config.model.backbone}{details} on {device}" + (f" x {size} processes" if size > 1 else ""))
     validate = _validator(config, model, device, "meta", e.n_way, e.n_shot)
-    _run_epochs(stage, m.epochs, steps_per_epoch, batches, step_fn, validate, unit="episodes",
+    run_epochs(stage, m.epochs, steps_per_epoch, batches, step_fn, validate, unit="episodes",
                 val_every=m.val_every, on_validate=_matching_picture(config, model, e.n_way, e.n_shot))
     return os.path.join(folder, "best.pt")
 

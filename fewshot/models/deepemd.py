@@ -473,77 +473,79 @@ def sfc_gradient(head: EMDHead, support: torch.Tensor, proto: torch.Tensor, labe
     return dense.transpose(-1, -2), result
 
 
-@METHODS.register("deepemd")
+OPTIONS_KEY = "model.options"   # where a config holds the options below (error messages name it)
+
+
+@dataclass(frozen=True)
+class Nodes:
+    """How an image becomes DeepEMD nodes.
+
+    patch: ``fcn`` (the feature map's cells) | ``grid`` | ``sampling``.
+    pyramid: FCN only: extra pooled levels appended as nodes, e.g. (2, 1).
+    grid: Grid only: grid sizes of the image pyramid, e.g. (2, 3) -> 13 crops.
+    context_train: Grid only: (min, max) context ratio of crops in training.
+    context_test: Grid only: context ratio at test time.
+    num_patch: Sampling only: random-resized crops per image.
+    patch_size: Grid/Sampling: side length crops are resized to before encoding."""
+    patch: str = "fcn"
+    pyramid: Tuple[int, ...] = ()
+    grid: Tuple[int, ...] = (2, 3)
+    context_train: Tuple[float, float] = (1.0, 3.0)
+    context_test: float = 2.0
+    num_patch: int = 9
+    patch_size: int = 84
+
+    def __post_init__(self):
+        if self.patch not in PATCHES:
+            raise ConfigError(f"{OPTIONS_KEY}.patch must be one of {PATCHES}, got {self.patch!r}")
+        for key in ("pyramid", "grid"):
+            sizes = getattr(self, key)
+            if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in sizes):
+                raise ConfigError(f"{OPTIONS_KEY}.{key}: expected grid sizes >= 1 (e.g. [2, 1]), got {list(sizes)}")
+            object.__setattr__(self, key, tuple(sizes))
+        for key in ("num_patch", "patch_size"):
+            emd.Option(1, int, low=1).check(getattr(self, key), f"{OPTIONS_KEY}.{key}")
+        object.__setattr__(self, "context_train", tuple(self.context_train))
+        object.__setattr__(self, "context_test", float(self.context_test))
+
+
+def _solvers(solver: str, solver_options: Optional[dict], eval_solver: str,
+             eval_solver_options: Optional[dict]) -> Tuple[emd.Solver, emd.Solver]:
+    """The training and evaluation solvers of the options (evaluation: the training one
+    unless another name or other options are given)."""
+    for key, name in (("solver", solver), ("eval_solver", eval_solver or solver)):
+        if name not in emd.solvers():
+            raise ConfigError(f"{OPTIONS_KEY}.{key}: unknown EMD solver {name!r}; "
+                              f"available: {', '.join(emd.solvers())}")
+    train = emd.make_solver(solver, solver_options, f"{OPTIONS_KEY}.solver_options")
+    if eval_solver:
+        return train, emd.make_solver(eval_solver, eval_solver_options, f"{OPTIONS_KEY}.eval_solver_options")
+    if eval_solver_options is None:
+        return train, train
+    return train, emd.make_solver(solver, eval_solver_options, f"{OPTIONS_KEY}.eval_solver_options")
+
+
 class DeepEMD(FewShotClassifier):
-    """DeepEMD behind the few-shot classifier API.
+    """DeepEMD behind the few-shot classifier API, composed of its parts:
 
-    Args:
-        backbone: feature extractor with ``forward_features``.
-        patch: ``fcn`` | ``grid`` | ``sampling`` (how images become nodes).
-        pyramid: FCN only: extra pooled levels appended as nodes, e.g. [2, 1].
-        grid: Grid only: grid sizes of the image pyramid, e.g. [2, 3] -> 13 patches.
-        context_train: Grid only: (min, max) context ratio of crops in training.
-        context_test: Grid only: context ratio at test time.
-        num_patch: Sampling only: random-resized crops per image.
-        patch_size: Grid/Sampling: side length crops are resized to before encoding.
-        solver, solver_options: EMD layer used in training (``fewshot.emd.solvers()``).
-        eval_solver, eval_solver_options: EMD layer in evaluation (default: the training one).
-        temperature: logit scale (12.5 in the paper).
-        metric: ``cosine`` or ``l2``; center: channel-centre node features first.
-        sfc_steps, sfc_batch, sfc_lr, sfc_momentum, sfc_dampening, sfc_weight_decay:
-            Structured FC fitting for K > 1 shots (epochs over the support set, batch
-            size, SGD settings).
-        sfc_seed: seed of the support-set shuffling in SFC (the same for every episode,
-            so an episode's result does not depend on which episodes ran before it).
-        sfc_warm_start: start each SFC step's EMD problems from where the previous step
-            of the same support image ended (sinkhorn: its potentials; exact: its optimal
-            bases).
-        sfc_gradient: ``closed_form`` (exact solver, cosine cost: the SFC gradient by hand,
-            no autograd graph) or ``autograd``.
+        DeepEMD(backbone, Nodes(patch="fcn"), EMDHead(train_solver, eval_solver), StructuredFC(steps=100))
 
-    Composed of named parts: the backbone and node settings (``encode_nodes``), the EMD
-    head (``head``: weights, cost, the training and evaluation solvers, built and checked
-    here) and the Structured FC fitter (``sfc``).
-    """
+    ``nodes`` (:class:`Nodes`): how images become nodes (``encode_nodes``); ``head``
+    (:class:`EMDHead`): weights, cost, the training and evaluation solvers, the logits
+    (default: exact in both modes); ``sfc`` (:class:`StructuredFC`): the prototype fitter
+    for K > 1 shots. A config's flat ``model.options`` reach these parts through
+    :func:`deepemd` (the registered constructor)."""
 
     offers_matching = True
 
-    def __init__(self, backbone: Backbone, patch: str = "fcn", pyramid: Sequence[int] = (),
-                 grid: Sequence[int] = (2, 3), context_train: Sequence[float] = (1.0, 3.0),
-                 context_test: float = 2.0, num_patch: int = 9, patch_size: int = 84,
-                 solver: str = "exact", solver_options: Optional[dict] = None,
-                 eval_solver: str = "", eval_solver_options: Optional[dict] = None,
-                 temperature: float = 12.5, metric: str = "cosine", center: bool = True,
-                 sfc_steps: int = 100, sfc_batch: int = 4, sfc_lr: float = 0.1,
-                 sfc_momentum: float = 0.9, sfc_dampening: float = 0.9,
-                 sfc_weight_decay: float = 0.0, sfc_seed: int = 0, sfc_warm_start: bool = True,
-                 sfc_gradient: str = "closed_form"):
+    def __init__(self, backbone: Backbone, nodes: Nodes = Nodes(), head: Optional[EMDHead] = None,
+                 sfc: StructuredFC = StructuredFC()):
         super().__init__(backbone)
-        if patch not in PATCHES:
-            raise ConfigError(f"model.options.patch must be one of {PATCHES}, got {patch!r}")
-        for key, sizes in (("pyramid", pyramid), ("grid", grid)):
-            if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in sizes):
-                raise ConfigError(f"model.options.{key}: expected grid sizes >= 1 (e.g. [2, 1]), got {list(sizes)}")
-        for key, v in (("num_patch", num_patch), ("patch_size", patch_size)):
-            if not (isinstance(v, int) and v >= 1):
-                raise ConfigError(f"model.options.{key}: expected an integer >= 1, got {v!r}")
-        self.patch, self.pyramid, self.grid = patch, tuple(pyramid), tuple(grid)
-        self.context_train, self.context_test = tuple(context_train), float(context_test)
-        self.num_patch, self.patch_size = num_patch, patch_size
-        where = "model.options"
-        for key, name in (("solver", solver), ("eval_solver", eval_solver or solver)):
-            if name not in emd.solvers():
-                raise ConfigError(f"{where}.{key}: unknown EMD solver {name!r}; "
-                                  f"available: {', '.join(emd.solvers())}")
-        train = emd.make_solver(solver, solver_options, f"{where}.solver_options")
-        if eval_solver:
-            evaluation = emd.make_solver(eval_solver, eval_solver_options, f"{where}.eval_solver_options")
-        else:   # the training solver, unless other options are given for it
-            evaluation = train if eval_solver_options is None else \
-                emd.make_solver(solver, eval_solver_options, f"{where}.eval_solver_options")
-        self.head = EMDHead(train, evaluation, temperature, metric, center)
-        self.sfc = StructuredFC(sfc_steps, sfc_batch, sfc_lr, sfc_momentum, sfc_dampening,
-                                sfc_weight_decay, sfc_seed, sfc_warm_start, sfc_gradient)
+        self.nodes, self.sfc = nodes, sfc
+        if head is None:
+            exact = emd.make_solver("exact")
+            head = EMDHead(exact, exact)
+        self.head = head
         self.prototypes: Optional[torch.Tensor] = None
 
     @property
@@ -569,15 +571,15 @@ class DeepEMD(FewShotClassifier):
         every image of the batch): FCN, the feature-map cell (pyramid levels: the pooled
         cells); Grid and Sampling, the crop."""
         H, W = images.shape[-2:]
-        if self.patch == "fcn":
+        if self.nodes.patch == "fcn":
             fmap = self.backbone.forward_features(images)
-            levels = [fmap.shape[-2:]] + [(s, s) for s in self.pyramid]
-            nodes = [fmap.flatten(2)] + [F.adaptive_avg_pool2d(fmap, s).flatten(2) for s in self.pyramid]
+            levels = [fmap.shape[-2:]] + [(s, s) for s in self.nodes.pyramid]
+            nodes = [fmap.flatten(2)] + [F.adaptive_avg_pool2d(fmap, s).flatten(2) for s in self.nodes.pyramid]
             boxes = [(c * W / w, r * H / h, (c + 1) * W / w, (r + 1) * H / h)
                      for h, w in levels for r in range(h) for c in range(w)]
             return torch.cat(nodes, dim=2), torch.tensor(boxes)
-        regions = self._grid_regions(H, W) if self.patch == "grid" else self._sampled_regions(images)
-        crops = torch.stack([F.interpolate(images[:, :, y0:y1, x0:x1], size=self.patch_size,
+        regions = self._grid_regions(H, W) if self.nodes.patch == "grid" else self._sampled_regions(images)
+        crops = torch.stack([F.interpolate(images[:, :, y0:y1, x0:x1], size=self.nodes.patch_size,
                                            mode="bilinear", align_corners=False)
                              for y0, y1, x0, x1 in regions], dim=1)
         B, P = crops.shape[:2]
@@ -589,11 +591,11 @@ class DeepEMD(FewShotClassifier):
         """(y0, y1, x0, x1) of every Grid crop: g x g cells per pyramid level, each cell
         enlarged by the context ratio (random in training, ``context_test`` otherwise)."""
         out = []
-        for g in self.grid:
+        for g in self.nodes.grid:
             for r in range(g):
                 for c in range(g):
-                    ratio = (float(torch.empty(()).uniform_(*self.context_train)) if self.training
-                             else self.context_test)
+                    ratio = (float(torch.empty(()).uniform_(*self.nodes.context_train)) if self.training
+                             else self.nodes.context_test)
                     h, w = H / g * ratio, W / g * ratio
                     cy, cx = (r + 0.5) * H / g, (c + 0.5) * W / g
                     out.append((max(0, int(cy - h / 2)), min(H, int(math.ceil(cy + h / 2))),
@@ -604,13 +606,13 @@ class DeepEMD(FewShotClassifier):
         """(y0, y1, x0, x1) of ``num_patch`` random-resized crops (shared by the batch)."""
         from torchvision.transforms import RandomResizedCrop
         out = []
-        for _ in range(self.num_patch):
+        for _ in range(self.nodes.num_patch):
             i, j, h, w = RandomResizedCrop.get_params(images, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3))
             out.append((i, i + h, j, j + w))
         return out
 
     def supports_feature_cache(self) -> bool:
-        return self.patch != "sampling"
+        return self.nodes.patch != "sampling"
 
     # ------------------------------------------------------------------ EMD
     def logits(self, query: torch.Tensor, proto: torch.Tensor) -> torch.Tensor:
@@ -649,5 +651,31 @@ class DeepEMD(FewShotClassifier):
 
     def describe(self) -> Dict[str, str]:
         """What produced the numbers: reported by eval.py."""
-        return {"patch": self.patch, "solver": self.head.train_solver.name,
+        return {"patch": self.nodes.patch, "solver": self.head.train_solver.name,
                 "eval_solver": self.head.eval_solver.name}
+
+
+@METHODS.register("deepemd")
+def deepemd(backbone: Backbone, patch: str = "fcn", pyramid: Sequence[int] = (),
+            grid: Sequence[int] = (2, 3), context_train: Sequence[float] = (1.0, 3.0),
+            context_test: float = 2.0, num_patch: int = 9, patch_size: int = 84,
+            solver: str = "exact", solver_options: Optional[dict] = None,
+            eval_solver: str = "", eval_solver_options: Optional[dict] = None,
+            temperature: float = 12.5, metric: str = "cosine", center: bool = True,
+            sfc_steps: int = 100, sfc_batch: int = 4, sfc_lr: float = 0.1,
+            sfc_momentum: float = 0.9, sfc_dampening: float = 0.9,
+            sfc_weight_decay: float = 0.0, sfc_seed: int = 0, sfc_warm_start: bool = True,
+            sfc_gradient: str = "closed_form") -> DeepEMD:
+    """DeepEMD from a config's flat ``model.options`` (the keys config files and old
+    checkpoints use): the node keys build :class:`Nodes`; ``solver`` / ``solver_options``
+    (training) and ``eval_solver`` / ``eval_solver_options`` (evaluation; default the
+    training one), ``temperature`` (12.5 in the paper), ``metric`` (``cosine`` | ``l2``)
+    and ``center`` (channel-centre nodes first) build :class:`EMDHead`; the ``sfc_*`` keys
+    are :class:`StructuredFC`'s fields (``sfc_gradient``: ``closed_form`` where the solver
+    allows it, or ``autograd``)."""
+    nodes = Nodes(patch, tuple(pyramid), tuple(grid), tuple(context_train), context_test, num_patch, patch_size)
+    head = EMDHead(*_solvers(solver, solver_options, eval_solver, eval_solver_options),
+                   temperature, metric, center)
+    sfc = StructuredFC(sfc_steps, sfc_batch, sfc_lr, sfc_momentum, sfc_dampening,
+                       sfc_weight_decay, sfc_seed, sfc_warm_start, sfc_gradient)
+    return DeepEMD(backbone, nodes, head, sfc)
