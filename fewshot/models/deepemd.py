@@ -57,8 +57,12 @@ def cross_reference_weights(x: torch.Tensor, y: torch.Tensor, total: Optional[fl
     """Weights of x's nodes given y: x [..., P, C, M], y [..., Q, C, N] -> [..., P, Q, M],
     w[p, q, i] = relu(<x[p, :, i], mean_j y[q, :, j]>) + 1e-3, normalised to sum ``total``
     (default: M, the node count) over i (leading dims: episodes); see :func:`node_weights`."""
-    z = torch.einsum("...pcm,...qc->...pqm", x, y.mean(-1))
-    return node_weights(z, x.shape[-1] if total is None else total)[0]
+    return node_weights(_weight_arguments(x, y), x.shape[-1] if total is None else total)[0]
+
+
+def _weight_arguments(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """z[..., p, q, i] = <x[p, :, i], mean_j y[q, :, j]> of x [..., P, C, M], y [..., Q, C, N]."""
+    return torch.einsum("...pcm,...qc->...pqm", x, y.mean(-1))
 
 
 def node_cost(query: torch.Tensor, proto: torch.Tensor, metric: str = "cosine",
@@ -87,8 +91,9 @@ def emd_problem(query: torch.Tensor, proto: torch.Tensor, metric: str = "cosine"
     [..., W, C, N]: cost [..., Q, W, M, N], cross-reference weights a [..., Q, W, M] and
     b [..., Q, W, N], each normalised to total mass M (leading dims: episodes)."""
     M = query.shape[-1]
-    a = cross_reference_weights(query, proto, M)                     # [..., Q, W, M]
-    b = cross_reference_weights(proto, query, M).transpose(-3, -2)   # [..., Q, W, N]
+    a = cross_reference_weights(query, proto, M)                                  # [..., Q, W, M]
+    # b normalised after the transpose: a sum's rounding depends on the layout it reads
+    b = node_weights(_weight_arguments(proto, query).transpose(-3, -2), M)[0]     # [..., Q, W, N]
     return node_cost(query, proto, metric, center), a, b
 
 
