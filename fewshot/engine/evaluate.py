@@ -55,10 +55,10 @@ def evaluate(model: FewShotClassifier, sampler: Sampler, n_episodes: int, device
     was_training = model.training
     model.eval()
     start = time.perf_counter()
-    timing = {"encode_seconds": 0.0}
     accs: List[float] = []
-    groups = _episode_groups(model, sampler, n_episodes, device, cache_features and model.supports_feature_cache(),
-                             progress, channels_last, episodes_per_fit, timing)
+    encode_seconds, groups = _episode_groups(model, sampler, n_episodes, device,
+                                             cache_features and model.supports_feature_cache(),
+                                             progress, channels_last, episodes_per_fit)
     bar = tqdm(total=n_episodes, desc="episodes", disable=not progress, leave=False)
     for support, labels, queries in groups:
         for (query, query_labels), prototypes in zip(queries, model.fit_supports(support, labels)):
@@ -70,39 +70,41 @@ def evaluate(model: FewShotClassifier, sampler: Sampler, n_episodes: int, device
     model.train(was_training)
     mean, ci = mean_confidence_interval(accs)
     total = time.perf_counter() - start
-    encode_seconds = timing["encode_seconds"]
     return {"accuracy": mean, "ci95": ci, "episodes": len(accs), "seconds": total,
             "encode_seconds": encode_seconds, "episode_seconds": total - encode_seconds}
 
 
 def _episode_groups(model: FewShotClassifier, sampler: Sampler, n_episodes: int, device: torch.device,
-                    cached: bool, progress: bool, channels_last: bool, episodes_per_fit: int,
-                    timing: Dict[str, float]) -> Iterator[Tuple[torch.Tensor, torch.Tensor, list]]:
-    """The episodes as groups whose support sets are fitted together: (support features
-    [E, n, ...], support labels [E, n], E pairs (query features [q, ...], query labels [q])).
-    ``cached``: every distinct image encoded once (its time in ``timing["encode_seconds"]``),
-    groups of ``episodes_per_fit``; else each episode's images encoded with it, one per group."""
+                    cached: bool, progress: bool, channels_last: bool,
+                    episodes_per_fit: int) -> Tuple[float, Iterator[Tuple[torch.Tensor, torch.Tensor, list]]]:
+    """The seconds spent encoding up front and the episodes as groups whose support sets are
+    fitted together: (support features [E, n, ...], support labels [E, n], E pairs (query
+    features [q, ...], query labels [q])). ``cached``: every distinct image encoded once, here,
+    groups of ``episodes_per_fit``; else each episode's images encoded as it comes, one per group."""
     if not cached:
-        for i in range(n_episodes):
-            ep = sampler.episode(i).to(device)
-            with torch.no_grad():
-                support = model.encode(_placed(ep.support_images, device, channels_last))
-                query = model.encode(_placed(ep.query_images, device, channels_last))
-            yield support[None], ep.support_labels[None], [(query, ep.query_labels)]
-        return
+        def one_by_one():
+            for i in range(n_episodes):
+                ep = sampler.episode(i).to(device)
+                with torch.no_grad():
+                    support = model.encode(_placed(ep.support_images, device, channels_last))
+                    query = model.encode(_placed(ep.query_images, device, channels_last))
+                yield support[None], ep.support_labels[None], [(query, ep.query_labels)]
+        return 0.0, one_by_one()
     start = time.perf_counter()
     indices = [sampler.indices(i) for i in range(n_episodes)]
     distinct = sorted({j for ep in indices for j in ep.support + ep.query})
     position = {j: p for p, j in enumerate(distinct)}
     features = encode_images(model, sampler.dataset, distinct, device, progress=progress,
                              channels_last=channels_last)
-    timing["encode_seconds"] = time.perf_counter() - start
-    for first in range(0, len(indices), episodes_per_fit):
-        group = indices[first:first + episodes_per_fit]
-        support = torch.stack([features[[position[j] for j in ep.support]] for ep in group])
-        labels = torch.stack([ep.labels(len(ep.support) // ep.n_way) for ep in group]).to(device)
-        yield support, labels, [(features[[position[j] for j in ep.query]],
-                                 ep.labels(len(ep.query) // ep.n_way)) for ep in group]
+
+    def grouped():
+        for first in range(0, len(indices), episodes_per_fit):
+            group = indices[first:first + episodes_per_fit]
+            support = torch.stack([features[[position[j] for j in ep.support]] for ep in group])
+            labels = torch.stack([ep.labels(len(ep.support) // ep.n_way) for ep in group]).to(device)
+            yield support, labels, [(features[[position[j] for j in ep.query]],
+                                     ep.labels(len(ep.query) // ep.n_way)) for ep in group]
+    return time.perf_counter() - start, grouped()
 
 
 def format_result(result: Dict[str, float]) -> str:

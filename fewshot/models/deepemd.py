@@ -31,6 +31,7 @@ from .backbones import Backbone
 from .classifier import METHODS, FewShotClassifier, class_means
 
 PATCHES = ("fcn", "grid", "sampling")
+OPTIONS_KEY = "model.options"   # where a config holds DeepEMD's options (error messages name it)
 METRICS = ("cosine", "l2")
 
 
@@ -139,10 +140,10 @@ class EMDHead(nn.Module):
                  metric: str = "cosine", center: bool = True):
         super().__init__()
         if metric not in METRICS:
-            raise ConfigError(f"model.options.metric must be one of {METRICS}, got {metric!r}")
+            raise ConfigError(f"{OPTIONS_KEY}.metric must be one of {METRICS}, got {metric!r}")
         temperature = emd.Option(12.5, float, low=0, low_open=True).check(
-            temperature, "model.options.temperature")
-        center = emd.Option(True, bool).check(center, "model.options.center")
+            temperature, f"{OPTIONS_KEY}.temperature")
+        center = emd.Option(True, bool).check(center, f"{OPTIONS_KEY}.center")
         self.train_solver, self.eval_solver = train_solver, eval_solver
         self.temperature, self.metric, self.center = temperature, metric, center
 
@@ -190,7 +191,7 @@ class StructuredFC:
 
     def __post_init__(self):
         for key, opt in _SFC_OPTIONS.items():
-            object.__setattr__(self, key, opt.check(getattr(self, key), f"model.options.sfc_{key}"))
+            object.__setattr__(self, key, opt.check(getattr(self, key), f"{OPTIONS_KEY}.sfc_{key}"))
         if self.compiled not in (None, True, False):
             raise ConfigError(f"StructuredFC.compiled: expected None, True or False, got {self.compiled!r}")
 
@@ -478,9 +479,6 @@ def sfc_gradient(head: EMDHead, support: torch.Tensor, proto: torch.Tensor, labe
     return dense.transpose(-1, -2), result
 
 
-OPTIONS_KEY = "model.options"   # where a config holds the options below (error messages name it)
-
-
 @dataclass(frozen=True)
 class Nodes:
     """How an image becomes DeepEMD nodes.
@@ -678,7 +676,7 @@ def deepemd(backbone: Backbone, patch: str = "fcn", pyramid: Sequence[int] = (),
     and ``center`` (channel-centre nodes first) build :class:`EMDHead`; the ``sfc_*`` keys
     are :class:`StructuredFC`'s fields (``sfc_gradient``: ``closed_form`` where the solver
     allows it, or ``autograd``)."""
-    nodes = Nodes(patch, tuple(pyramid), tuple(grid), tuple(context_train), context_test, num_patch, patch_size)
+    nodes = Nodes(patch, pyramid, grid, context_train, context_test, num_patch, patch_size)   # tuples made there
     head = EMDHead(*_solvers(solver, solver_options, eval_solver, eval_solver_options),
                    temperature, metric, center)
     sfc = StructuredFC(sfc_steps, sfc_batch, sfc_lr, sfc_momentum, sfc_dampening,
