@@ -4,6 +4,7 @@ bad input."""
 from __future__ import annotations
 
 import json
+import re
 import os
 import shutil
 
@@ -175,6 +176,17 @@ def test_ship_model_writes_weights_that_give_the_checkpoints_logits(trained, tmp
         shipped, ref = fewshot.load(str(tmp_path / "tiny.pt")), fewshot.load(trained["checkpoint"])
         torch.testing.assert_close(shipped.fit(images, classes).logits(queries),
                                    ref.fit(images, classes).logits(queries), rtol=tol, atol=tol)
+
+
+def test_the_models_the_readme_ships_are_in_the_package():
+    """The README's shipped-model table, the cards and the weights name the same models, so a
+    checkout without the weight files (e.g. ignored by git) fails here instead of the tests
+    below running over an empty list."""
+    readme = open(os.path.join(ROOT, "README.md")).read()
+    table = readme.split("## Shipped models")[1].split("\n## ")[0]
+    listed = sorted(re.findall(r"^\| `([\w-]+)` \|", table, re.M))
+    cards = sorted(f[:-3] for f in os.listdir(fewshot.api.PRETRAINED_DIR) if f.endswith(".md"))
+    assert listed and listed == cards == fewshot.models_available()
 
 
 @pytest.mark.parametrize("name", fewshot.models_available())
