@@ -11,11 +11,11 @@ and of the held-out classes (the last ``--hold-out-classes`` of the class list, 
 Speed (``--speed-sizes``; above 1,024 points the real clouds are upsampled: each point
 repeated with Gaussian jitter of 0.005, said so in the rows): milliseconds per pair, forward
 alone and forward+backward, one pair and a batch of ``--batch`` pairs, for the learned EMD,
-exact (engines simplex and pot), Hungarian (scipy's ``linear_sum_assignment``; no
+exact (engines simplex, pot and assignment), Hungarian (scipy's ``linear_sum_assignment``; no
 gradient), Sinkhorn and Chamfer; each method up to its own size cap (``--max-size``).
 
     python benchmarks/learned_emd_pointclouds.py --data-root PATH/modelnet40 \\
-        --model shipped --model pc=runs/learned_pc.pt --json benchmarks/learned_emd_pointclouds.json
+        --model pointclouds --model cosine --model pc=runs/learned_pc.pt --json benchmarks/learned_emd_pointclouds.json
 """
 from __future__ import annotations
 
@@ -59,12 +59,13 @@ def hungarian(x, y):
 
 
 def methods(models, epsilon):
-    table = {name: (lambda x, y, p=path: emd.learned_emd(x, y, **({"checkpoint": p} if p else {})).value)
+    table = {name: (lambda x, y, p=path: emd.learned_emd(x, y, checkpoint=p).value)
              for name, path in models.items()}
     sinkhorn = emd.make_solver("sinkhorn", {"epsilon": epsilon, "max_iter": 200, "on_unconverged": "ignore"})
     table.update({
         "exact (simplex)": lambda x, y: exact(x, y, "simplex"),
         "exact (pot)": lambda x, y: exact(x, y, "pot"),
+        "exact (assignment)": lambda x, y: exact(x, y, "assignment"),
         "hungarian": hungarian,
         "sinkhorn": lambda x, y: emd.solve(torch.cdist(x, y), uniform(x), uniform(y), solver=sinkhorn).value,
         "chamfer": chamfer,
@@ -119,11 +120,45 @@ def upsample(points: torch.Tensor, n: int, g: torch.Generator) -> torch.Tensor:
     return big[:, :n]
 
 
+def markdown(rows) -> str:
+    """The quality table and the speed table (with the fastest exact engine's time over each
+    method's: > 1 means faster than every exact engine) of ``rows``."""
+    out = ["| points | shapes | method | Pearson | Spearman | Kendall | mean rel. error | median grad. cosine |",
+           "|---|---|---|---|---|---|---|---|"]
+    for r in (r for r in rows if r["kind"] == "quality"):
+        out.append(f"| {r['points']} | {r['shapes']} | {r['method']} | {r['pearson']:.4f} | {r['spearman']:.4f} | "
+                   f"{r['kendall']:.3f} | {100 * r['mean_relative_error']:.1f}% | {r['median_gradient_cosine']:.3f} |")
+    speed_rows = [r for r in rows if r["kind"] == "speed"]
+    sizes = sorted({r["points"] for r in speed_rows})
+    names = list(dict.fromkeys(r["method"] for r in speed_rows))
+    out += ["", "ms per pair, one pair, forward (forward+backward); x = fastest exact engine / method",
+            "", "| method | " + " | ".join(f"{n}{'*' if n > 1024 else ''}" for n in sizes) + " |",
+            "|---|" + "---|" * len(sizes)]
+    def ms(name, n, backward, key="ms_per_pair_single"):
+        hit = [r[key] for r in speed_rows if r["method"] == name and r["points"] == n and r["backward"] == backward]
+        return hit[0] if hit and hit[0] is not None else None
+    for name in names:
+        cells = []
+        for n in sizes:
+            fwd, bwd = ms(name, n, False), ms(name, n, True)
+            exact_ms = [ms(e, n, False) for e in names if e.startswith("exact") and ms(e, n, False) is not None]
+            if fwd is None:
+                cells.append("-")
+                continue
+            ratio = f", x{min(exact_ms) / fwd:.2g}" if exact_ms else ""
+            cells.append(f"{fwd:.3g}" + (f" ({bwd:.3g})" if bwd is not None else "") + ratio)
+        out.append(f"| {name} | " + " | ".join(cells) + " |")
+    out.append("")
+    out.append("* real clouds upsampled by jitter above 1,024 points")
+    return "\n".join(out)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data-root", required=True)
     parser.add_argument("--model", action="append", default=None,
-                        help="NAME=CHECKPOINT of a learned model, or 'shipped' (the package's default)")
+                        help="NAME=CHECKPOINT of a learned model, or a shipped model's name "
+                             "(default: every shipped model)")
     parser.add_argument("--sizes", type=int, nargs="+", default=[128, 256, 512, 1024])
     parser.add_argument("--speed-sizes", type=int, nargs="+", default=[128, 256, 512, 1024, 2048, 4096, 8192])
     parser.add_argument("--pairs", type=int, default=100)
@@ -133,13 +168,15 @@ def main(argv=None) -> int:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--max-size", action="append", default=[],
                         help="METHOD=N: time METHOD only up to N points (e.g. hungarian=4096)")
+    parser.add_argument("--batched-up-to", type=int, default=2048,
+                        help="time batches of --batch pairs only up to this many points (memory)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", required=True)
     args = parser.parse_args(argv)
     models = {}
-    for item in args.model or ["shipped"]:
+    for item in args.model or list(emd.LEARNED_MODELS):
         name, _, path = item.partition("=")
-        models[f"learned ({name})"] = "" if name == "shipped" and not path else path
+        models[f"learned ({name})"] = path or name
     caps = {k: int(v) for k, v in (c.split("=") for c in args.max_size)}
     clouds = load_modelnet40(args.data_root, seed=args.seed)
     _, val = validation_split(clouds)
@@ -175,10 +212,12 @@ def main(argv=None) -> int:
                 row = {"kind": "speed", "points": n, "upsampled": n > base.shape[1], "method": name,
                        "backward": backward,
                        "ms_per_pair_single": speed(fn, x[:1], y[:1], backward, args.repeat),
-                       "ms_per_pair_batched": speed(fn, x, y, backward, args.repeat), "batch": args.batch}
+                       "ms_per_pair_batched": (speed(fn, x, y, backward, args.repeat)
+                                               if n <= args.batched_up_to else None), "batch": args.batch}
                 rows.append(row)
                 print(row, flush=True)
     write_results(args.json, rows, models=models, epsilon=args.epsilon)
+    print(markdown(rows))
     return 0
 
 

@@ -81,3 +81,38 @@ def test_shipped_default_model_matches_exact_on_cosine_problems():
     assert float(torch.corrcoef(values)[0, 1]) >= 0.99
     # the LP optimum is a lower bound of every feasible plan's cost
     assert bool((learned.value.detach().double() >= exact.value - 1e-4 * exact.value.abs()).all())
+
+
+def test_shipped_pointcloud_model_matches_exact_on_generated_shapes():
+    """``learned_emd(x, y)`` with no options uses the shipped ``pointclouds`` model (trained on
+    real ModelNet40 clouds) and tracks the exact EMD on shapes it never saw: generated
+    surfaces (spheres, boxes, cylinders, tori, cones, stretched and rotated), 128 points."""
+    from fewshot.data.pointclouds import synthetic_shapes
+    from fewshot.emd import LEARNED_MODELS
+    from fewshot.emd._learned import model_path
+    assert os.path.getsize(model_path("pointclouds")) < 600_000
+    assert set(LEARNED_MODELS) == {"cosine", "pointclouds"}
+    g = torch.Generator().manual_seed(5)
+    clouds = synthetic_shapes(120, 128, g).points
+    x, y = clouds[:60], clouds[60:]
+    with torch.no_grad():
+        learned = learned_emd(x, y)
+        by_name = learned_emd(x, y, checkpoint="pointclouds")
+    uniform = torch.full((60, 128), 1 / 128, dtype=torch.float64)
+    exact = solve(torch.cdist(x, y).double(), uniform, uniform, solver="exact").value
+    torch.testing.assert_close(learned.value, by_name.value)
+    values = torch.stack([learned.value.double(), exact])
+    assert float(torch.corrcoef(values)[0, 1]) >= 0.99
+    assert float(((values[0] - exact) / exact).abs().mean()) <= 0.05
+    assert bool((values[0] >= exact * (1 - 1e-4)).all())          # the LP optimum is a lower bound
+
+
+def test_learned_models_by_name_and_unknown_names():
+    g = torch.Generator().manual_seed(0)
+    cost, a, b = random_problems(4, 25, g, kind="cosine")
+    with torch.no_grad():
+        default = solve(cost, a, b, solver="learned").value
+        named = solve(cost, a, b, solver="learned", checkpoint="cosine").value
+    torch.testing.assert_close(default, named)            # solve() defaults to the cosine model
+    with pytest.raises(ConfigError, match="expected a shipped model, cosine or pointclouds"):
+        solve(cost, a, b, solver="learned", checkpoint="point_clouds")

@@ -167,3 +167,39 @@ def test_learned_emd_trains_on_real_cloud_pairs(tmp_path):
     x = torch.rand(2, 16, 3)
     r = learned_emd(x, x.flip(1), checkpoint=str(out))
     assert r.value.shape == (2,) and torch.isfinite(r.value).all()
+
+
+def test_synthetic_shapes_are_seeded_surfaces_on_the_unit_sphere():
+    from fewshot.data.pointclouds import SHAPES, synthetic_shapes
+    one = synthetic_shapes(40, 64, torch.Generator().manual_seed(3))
+    two = synthetic_shapes(40, 64, torch.Generator().manual_seed(3))
+    assert one.points.shape == (40, 64, 3) and torch.equal(one.points, two.points)
+    torch.testing.assert_close(one.points.mean(1), torch.zeros(40, 3), atol=1e-5, rtol=0)
+    torch.testing.assert_close(one.points.norm(dim=-1).amax(1), torch.ones(40))
+    assert set(one.labels.tolist()) == set(range(len(SHAPES))) and one.classes == list(SHAPES)
+
+
+def test_pointcloud_benchmark_runs_on_tiny_data(tmp_path):
+    """benchmarks/learned_emd_pointclouds.py end to end on generated npy clouds: a quality row
+    per method, shape group and size, speed rows for every engine, and the markdown tables."""
+    import json
+    import subprocess
+    import sys
+    root = write_npy(tmp_path / "data", _clouds(n_per_class=10, points=32))
+    script = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "learned_emd_pointclouds.py")
+    out = tmp_path / "bench.json"
+    run = subprocess.run([sys.executable, script, "--data-root", str(root), "--json", str(out), "--sizes", "16",
+                          "--speed-sizes", "16", "64", "--pairs", "6", "--batch", "2", "--repeat", "1",
+                          "--hold-out-classes", "1", "--batched-up-to", "32", "--max-size", "hungarian=16"],
+                         capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-2000:]
+    rows = json.loads(out.read_text())["rows"]
+    quality = {(r["method"], r["shapes"]) for r in rows if r["kind"] == "quality"}
+    assert quality == {(m, s) for m in ("learned (cosine)", "learned (pointclouds)", "sinkhorn", "chamfer")
+                       for s in ("seen classes", "held-out classes")}
+    speed = [r for r in rows if r["kind"] == "speed"]
+    assert {r["method"] for r in speed} >= {"exact (simplex)", "exact (pot)", "exact (assignment)", "hungarian"}
+    assert not [r for r in speed if r["method"] == "hungarian" and r["points"] == 64]       # its cap
+    assert all((r["ms_per_pair_batched"] is None) == (r["points"] == 64) for r in speed)     # upsampled, unbatched
+    assert all(r["upsampled"] == (r["points"] == 64) for r in speed)
+    assert "| learned (pointclouds) |" in run.stdout and "| 16 | seen classes | chamfer |" in run.stdout

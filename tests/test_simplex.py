@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from fewshot.emd import solve
+from fewshot.emd import EMDInputError, solve
 from fewshot.emd import _exact, _simplex
 
 from emd_reference import cosine_problems, lp_emd
@@ -127,19 +127,56 @@ def test_warm_started_simplex_gives_the_cold_optimum_in_fewer_pivots():
 
 
 def test_auto_engine_takes_the_simplex_for_small_problems_and_pot_for_large_ones():
-    """engine 'auto' (the default): the batched simplex up to AUTO_POT_ABOVE cost entries (it
-    reports pivots), POT's network simplex above; both give the assignment optimum of scipy."""
-    from scipy.optimize import linear_sum_assignment
+    """engine 'auto' (the default) on weighted problems: the batched simplex up to
+    AUTO_POT_ABOVE cost entries (it reports pivots), POT's network simplex above; the same
+    optimum as the other engine."""
     g = torch.Generator().manual_seed(0)
     for n, simplex in ((25, True), (400, False)):
         assert (n * n <= _exact.AUTO_POT_ABOVE) == simplex
         x, y = torch.rand(2, n, 3, generator=g, dtype=torch.float64), torch.rand(2, n, 3, generator=g, dtype=torch.float64)
         cost = torch.cdist(x, y)
-        a = torch.full((2, n), 1.0 / n, dtype=torch.float64)
-        r = solve(cost, a, a, solver="exact")
+        a = torch.rand(2, n, generator=g, dtype=torch.float64) + 0.5
+        b = torch.rand(2, n, generator=g, dtype=torch.float64) + 0.5
+        b = b * a.sum(1, keepdim=True) / b.sum(1, keepdim=True)
+        r = solve(cost, a, b, solver="exact")
         assert ("pivots" in r.info) == simplex
+        other = solve(cost, a, b, solver="exact", engine="pot" if simplex else "simplex")
+        torch.testing.assert_close(r.value, other.value, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("scale", [1e-9, 1.0, 1e7])
+def test_assignment_engine_gives_scipys_optimum_and_optimal_duals(scale):
+    """Two clouds of N points with uniform weights: engine 'assignment' (taken by 'auto' for
+    AUTO_ASSIGNMENT points) gives scipy's assignment optimum, a permutation plan and
+    potentials that are dual feasible and optimal (f_i + g_j <= cost_ij, <f, a> + <g, b> =
+    value), in any units; the other engines agree."""
+    from scipy.optimize import linear_sum_assignment
+    g = torch.Generator().manual_seed(1)
+    lo, hi = _exact.AUTO_ASSIGNMENT
+    for n in (7, lo, hi):
+        x, y = torch.rand(2, n, 3, generator=g, dtype=torch.float64), torch.rand(2, n, 3, generator=g, dtype=torch.float64)
+        cost = torch.cdist(x, y) * scale
+        a = torch.full((2, n), 3.0 / n, dtype=torch.float64)            # mass 3
+        r = solve(cost, a, a, solver="exact", engine="assignment")
         for i in range(2):
             rows, cols = linear_sum_assignment(cost[i].numpy())
-            assert abs(float(r.value[i]) - float(cost[i][rows, cols].mean())) < 1e-12
-        other = solve(cost, a, a, solver="exact", engine="pot" if simplex else "simplex")
-        torch.testing.assert_close(r.value, other.value, rtol=0, atol=1e-12)
+            assert abs(float(r.value[i]) - 3 * float(cost[i][rows, cols].mean())) <= 1e-12 * scale
+        assert torch.equal((r.plan > 0).sum(2), torch.ones(2, n, dtype=torch.long))
+        torch.testing.assert_close(r.plan.sum(1), a, rtol=0, atol=1e-15)
+        f, gg = r.potentials
+        assert float((cost - f[:, :, None] - gg[:, None, :]).min()) >= -1e-12 * scale
+        torch.testing.assert_close((f * a).sum(1) + (gg * a).sum(1), r.value, rtol=1e-12, atol=0)
+        auto = solve(cost, a, a, solver="exact")
+        assert ("pivots" in auto.info) == (n < lo)                       # auto: assignment from lo
+        pot = solve(cost, a, a, solver="exact", engine="pot")
+        torch.testing.assert_close(r.value, pot.value, rtol=1e-12, atol=0)
+
+
+def test_assignment_engine_refuses_weighted_or_rectangular_problems():
+    cost = torch.rand(1, 4, 4, dtype=torch.float64)
+    with pytest.raises(EMDInputError, match="engine 'assignment' needs M == N and equal weights"):
+        solve(cost, torch.tensor([[1.0, 2, 1, 1]]).double(), torch.full((1, 4), 1.25).double(),
+              solver="exact", engine="assignment")
+    with pytest.raises(EMDInputError, match="M=4, N=3"):
+        solve(cost[:, :, :3], torch.full((1, 4), 0.25).double(), torch.full((1, 3), 1 / 3).double(),
+              solver="exact", engine="assignment")

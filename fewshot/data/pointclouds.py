@@ -17,6 +17,7 @@ non-finite coordinates, fewer points than asked for: a DataError naming the file
 from __future__ import annotations
 
 import glob
+import math
 import os
 import re
 from dataclasses import dataclass
@@ -71,6 +72,41 @@ def sample_points(points: torch.Tensor, n: int, generator: torch.Generator) -> t
         raise DataError(f"cannot take {n} points of clouds of {P} points (expected 1 .. {P})")
     order = torch.rand(S, P, generator=generator).argsort(1)[:, :n]
     return torch.gather(points, 1, order[..., None].expand(-1, -1, points.shape[-1]))
+
+
+SHAPES = ("sphere", "box", "cylinder", "torus", "cone")
+
+
+def synthetic_shapes(n_shapes: int, n_points: int, generator: torch.Generator) -> PointClouds:
+    """Real-looking generated clouds [n_shapes, n_points, 3] for tests and examples: points
+    uniform on the surface (by area for the box) of a randomly stretched and rotated sphere,
+    box, cylinder, torus or cone, on the unit sphere; labels index ``SHAPES``."""
+    def u(*shape):
+        return torch.rand(*shape, generator=generator)
+
+    labels = torch.randint(0, len(SHAPES), (n_shapes,), generator=generator)
+    clouds = []
+    for kind in labels.tolist():
+        t, s = 2 * math.pi * u(n_points), u(n_points)
+        if SHAPES[kind] == "sphere":
+            p = torch.nn.functional.normalize(torch.randn(n_points, 3, generator=generator), dim=1)
+        elif SHAPES[kind] == "box":
+            p = 2 * u(n_points, 3) - 1
+            face = torch.randint(0, 3, (n_points,), generator=generator)
+            p[torch.arange(n_points), face] = torch.where(u(n_points) < 0.5, -1.0, 1.0)
+        elif SHAPES[kind] == "cylinder":
+            p = torch.stack([t.cos(), t.sin(), 2 * s - 1], 1)
+        elif SHAPES[kind] == "torus":
+            r = 0.2 + 0.3 * float(u(1))
+            phi = 2 * math.pi * u(n_points)
+            p = torch.stack([(1 + r * phi.cos()) * t.cos(), (1 + r * phi.cos()) * t.sin(), r * phi.sin()], 1)
+        else:                                            # cone: radius shrinking with height
+            h = 1 - s.sqrt()
+            p = torch.stack([(1 - h) * t.cos(), (1 - h) * t.sin(), 2 * h - 1], 1)
+        q, _ = torch.linalg.qr(torch.randn(3, 3, generator=generator))
+        clouds.append((p * (0.4 + u(3))) @ q)
+    return PointClouds(normalize_unit_sphere(torch.stack(clouds)), labels, list(SHAPES),
+                       [f"{SHAPES[k]}_{i:04d}" for i, k in enumerate(labels.tolist())])
 
 
 def validation_split(clouds: PointClouds, fraction: float = 0.2):

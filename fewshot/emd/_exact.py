@@ -5,8 +5,13 @@ transportation simplex of :mod:`fewshot.emd._simplex`, compiled with numba and p
 the problems of a batch on all cores (``NUMBA_NUM_THREADS``), made for many small problems
 (DeepEMD's 25 x 25) and warm starts; ``"pot"`` calls POT's C++ network simplex once per
 problem, faster on one large problem (point clouds of 512 points and more: 53 vs 68 ms at
-512, 112 vs 184 ms at 768, one problem, 2 cores); ``"auto"`` (default) takes the simplex up
-to ``AUTO_POT_ABOVE`` cost entries per problem or with a warm start, POT above. A problem
+512, 112 vs 184 ms at 768, one problem, 2 cores); ``"assignment"`` solves problems with
+M == N and equal weights within a and within b (two clouds of N points, uniform weights) as
+assignment problems by scipy's ``linear_sum_assignment``, with duals recovered by a
+shortest-path search (:mod:`fewshot.emd._assignment`); ``"auto"`` (default) takes the
+assignment engine for such problems with ``AUTO_ASSIGNMENT`` points, otherwise the simplex up
+to ``AUTO_POT_ABOVE`` cost entries per problem or with a warm start, POT above
+(``benchmarks/learned_emd_pointclouds.py`` times each engine on real point clouds). A problem
 the compiled engine does not finish within ``max_iter`` pivots is re-solved by POT.
 
 Differentiation (envelope theorem): the value V(cost, a, b) of the LP is
@@ -54,6 +59,10 @@ def _network_simplex(cost: np.ndarray, a: np.ndarray, b: np.ndarray, max_iter: i
     """Solve cost [B, M, N], a [B, M], b [B, N] (float32 or float64); returns plan (in cost's
     dtype), value, f, g (float64), the final bases and the pivots. The compiled simplex
     stops after ``simplex_max_iter`` pivots (default ``max_iter``); POT solves what it left."""
+    if engine == "assignment":
+        from ._assignment import solve_assignment
+        plan, value, f, g = solve_assignment(cost, a, b)
+        return plan, value, f, g, None, None
     if engine == "simplex":
         from ._simplex import solve_batch
 
@@ -69,8 +78,27 @@ def _network_simplex(cost: np.ndarray, a: np.ndarray, b: np.ndarray, max_iter: i
     return plan, value, f, g, basis, pivots
 
 
-ENGINES = ("auto", "simplex", "pot")
+ENGINES = ("auto", "simplex", "pot", "assignment")
 AUTO_POT_ABOVE = 384 * 384      # cost entries per problem above which engine "auto" takes POT
+AUTO_ASSIGNMENT = (64, 512)     # points per set for which "auto" solves uniform problems as assignments
+
+
+def pick_engine(engine: str, a: torch.Tensor, b: torch.Tensor, warm_start: bool) -> str:
+    """The engine ``auto`` stands for on a [B, M], b [B, N] (see the module docstring); a named
+    engine is checked against the problem."""
+    M, N = a.shape[1], b.shape[1]
+    uniform = M == N and bool((a == a[:, :1]).all() and (b == b[:, :1]).all())
+    if engine == "assignment" and not uniform:
+        raise EMDInputError(f"exact: engine 'assignment' needs M == N and equal weights within a and "
+                            f"within b (two clouds with uniform weights), got M={M}, N={N}"
+                            + ("" if M != N else " with unequal weights"))
+    if engine != "auto":
+        return engine
+    if warm_start:
+        return "simplex"
+    if uniform and AUTO_ASSIGNMENT[0] <= N <= AUTO_ASSIGNMENT[1]:
+        return "assignment"
+    return "simplex" if M * N <= AUTO_POT_ABOVE else "pot"
 
 
 class _ExactEMD(torch.autograd.Function):
@@ -116,8 +144,8 @@ def solve_exact(cost: torch.Tensor, a: torch.Tensor, b: torch.Tensor,
                 simplex_max_iter: Optional[int] = None) -> EMDResult:
     """Exact EMD of cost [B, M, N], a [B, M], b [B, N]; see the module docstring.
 
-    ``engine``: ``"simplex"`` (compiled, batched, parallel), ``"pot"`` (POT per problem) or
-    ``"auto"`` (the simplex for problems up to ``AUTO_POT_ABOVE`` entries, POT above).
+    ``engine``: ``"simplex"`` (compiled, batched, parallel), ``"pot"`` (POT per problem),
+    ``"assignment"`` (uniform equal-size problems) or ``"auto"`` (see :func:`pick_engine`).
     ``init``: starting bases (rows [B, M + N - 1], columns [B, M + N - 1]), e.g. the
     ``info["warm_start"]`` of a nearby batch solved before: each problem starts from its
     basis where that is feasible for its marginals (the same optimum in fewer pivots).
@@ -125,8 +153,7 @@ def solve_exact(cost: torch.Tensor, a: torch.Tensor, b: torch.Tensor,
     problems it leaves unsolved are solved by POT.
     ``info``: ``warm_start`` (the final bases) and ``pivots`` [B] with the simplex engine."""
     B, M, N = cost.shape
-    if engine == "auto":
-        engine = "simplex" if init is not None or M * N <= AUTO_POT_ABOVE else "pot"
+    engine = pick_engine(engine, a, b, init is not None)
     basis = None if init is None else _check_basis(init, B, M, N, engine)
     out: dict = {}
     value, plan, f, g = _ExactEMD.apply(cost, a, b, max_iter, engine, basis, out, simplex_max_iter)

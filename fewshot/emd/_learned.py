@@ -184,16 +184,30 @@ def load_model(path: str, device: torch.device, dtype: torch.dtype) -> MatchingT
     return _LOADED[key]
 
 
-DEFAULT_MODEL = os.path.join(os.path.dirname(os.path.abspath(__file__)), "learned_default.pt")
+_HERE = os.path.dirname(os.path.abspath(__file__))
+SHIPPED_MODELS = {
+    # name: (file in the package, what it was trained on)
+    "cosine": ("learned_default.pt", "generated point clouds and 25-node DeepEMD-like cosine problems"),
+    "pointclouds": ("learned_pointclouds.pt", "pairs of real ModelNet40 clouds (30 classes), 128 points"),
+}
+DEFAULT_MODEL = os.path.join(_HERE, SHIPPED_MODELS["cosine"][0])
+
+
+def model_path(checkpoint: str, default: str = "cosine") -> str:
+    """The file of ``checkpoint``: a shipped model's name (``SHIPPED_MODELS``), a path, or
+    empty for the shipped ``default``."""
+    name = checkpoint or default
+    return os.path.join(_HERE, SHIPPED_MODELS[name][0]) if name in SHIPPED_MODELS else name
 
 
 def solve_learned(cost: torch.Tensor, a: torch.Tensor, b: torch.Tensor, checkpoint: str = "",
                   model: Optional[MatchingTransformer] = None, n_sinkhorn: int = 30) -> EMDResult:
     """Learned EMD of cost [B, M, N], a [B, M], b [B, N] from the transformer at ``checkpoint``
-    (or an in-memory ``model``; neither: the model shipped with the package,
-    ``DEFAULT_MODEL``); see the module docstring."""
+    (a path or the name of a shipped model, ``SHIPPED_MODELS``; or an in-memory ``model``;
+    neither: the shipped ``cosine`` model, made for DeepEMD's problems); see the module
+    docstring."""
     if model is None:
-        model = load_model(checkpoint or DEFAULT_MODEL, cost.device, cost.dtype)
+        model = load_model(model_path(checkpoint), cost.device, cost.dtype)
     plan = round_to_polytope(project(model(cost, a, b), a, b, n_sinkhorn), a, b)
     marginal = ((plan.sum(2) - a).abs().sum(1) + (plan.sum(1) - b).abs().sum(1)) / a.sum(1)
     return EMDResult(plan=plan, value=(plan * cost).sum((1, 2)), solver="learned",
@@ -203,8 +217,11 @@ def solve_learned(cost: torch.Tensor, a: torch.Tensor, b: torch.Tensor, checkpoi
 def learned_emd(x: torch.Tensor, y: torch.Tensor, a: Optional[torch.Tensor] = None,
                 b: Optional[torch.Tensor] = None, **options) -> EMDResult:
     """Learned EMD between point sets x [B, M, D] and y [B, N, D] (uniform weights by default)
-    under the Euclidean cost; a fast, differentiable estimate for use as a loss."""
+    under the Euclidean cost; a fast, differentiable estimate for use as a loss. Without a
+    ``checkpoint`` or ``model`` option it uses the shipped ``pointclouds`` model."""
     B, M, N = x.shape[0], x.shape[1], y.shape[1]
+    if not options.get("checkpoint") and options.get("model") is None:
+        options["checkpoint"] = "pointclouds"
     if a is None:
         a = torch.full((B, M), 1.0 / M, device=x.device, dtype=x.dtype)
     if b is None:
@@ -279,7 +296,7 @@ def train_matcher(model: MatchingTransformer, steps: int, batch: int, n: int, se
 
 
 def _check_options(options: dict, where: str) -> None:
-    path = options["checkpoint"]
+    path = model_path(options["checkpoint"]) if options["checkpoint"] else ""
     if options["model"] is not None:
         if not isinstance(options["model"], MatchingTransformer):
             raise ConfigError(f"{where}.model: expected a MatchingTransformer, "
@@ -287,8 +304,8 @@ def _check_options(options: dict, where: str) -> None:
         if path:
             raise ConfigError(f"{where}: give checkpoint or model, not both")
     elif path and not os.path.isfile(path):
-        raise ConfigError(f"{where}.checkpoint: {path!r} does not exist "
-                          f"(train one with scripts/train_learned_emd.py)")
+        raise ConfigError(f"{where}.checkpoint: {path!r} does not exist (expected a shipped model, "
+                          f"{' or '.join(SHIPPED_MODELS)}, or a file from scripts/train_learned_emd.py)")
 
 
 SPEC = SolverSpec(
