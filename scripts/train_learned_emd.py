@@ -49,6 +49,35 @@ def deepemd_problems(checkpoint: str, data_root: str, n_images: int, seed: int):
     return problems
 
 
+def robust_problems(n: int, widths=(64, 640)):
+    """A problem generator for the cosine model that must hold across DeepEMD's settings: per
+    batch, a quarter each of generated point clouds and 1 - cos problems (random or uniform
+    weights, a width of ``widths``), and of DeepEMD problems built by ``emd_problem`` (cost and
+    cross-reference weights) from random non-negative node features [C, n] of each width, the
+    two sets sharing an image-level component half of the time (same class)."""
+    from fewshot.models.deepemd import emd_problem
+
+    def deepemd_like(batch, width, generator):
+        base = torch.randn(batch, width, 1, generator=generator)
+        same = (torch.rand(batch, 1, 1, generator=generator) < 0.5).float()
+        other = same * base + (1 - same) * torch.randn(batch, width, 1, generator=generator)
+        x = torch.relu(base + torch.randn(batch, width, n, generator=generator))
+        y = torch.relu(other + torch.randn(batch, width, n, generator=generator))
+        cost, a, b = emd_problem(x[:, None], y[:, None])
+        return cost[:, 0, 0], a[:, 0, 0], b[:, 0, 0]
+
+    def problems(batch, generator):
+        q = batch // 4
+        pick = lambda: int(torch.randint(0, 2, (1,), generator=generator))    # noqa: E731
+        parts = [random_problems(q, n, generator, kind="points"),
+                 random_problems(q, n, generator, kind="cosine", width=widths[pick()],
+                                 weights=("random", "uniform")[pick()]),
+                 deepemd_like(q, widths[0], generator), deepemd_like(batch - 3 * q, widths[-1], generator)]
+        return tuple(torch.cat([p[k].float() for p in parts]) for k in range(3))
+
+    return problems
+
+
 def pointcloud_problems(root: str, n_points: int, hold_out: int, seed: int):
     """A problem generator drawing pairs of real point clouds (ModelNet40, any layout of
     fewshot.data.pointclouds): the training shapes of all but the last ``hold_out`` classes
@@ -104,11 +133,16 @@ def main(argv=None) -> int:
                         "(--nodes points each) instead of generated problems")
     parser.add_argument("--hold-out-classes", type=int, default=10,
                         help="with --modelnet: the last K classes are never trained on (default 10)")
+    parser.add_argument("--problems", choices=("generated", "robust"), default="generated",
+                        help="generated: point clouds and 64-d cosine problems with random weights; robust: "
+                             "also uniform weights, widths 64 and 640 and DeepEMD's cross-reference weights")
+    parser.add_argument("--normalize", choices=("max", "range"), default="max",
+                        help="what the network reads: cost / max, or (cost - min) / (max - min)")
     parser.add_argument("--float16", action="store_true", help="store the weights in float16 (half the size)")
     args = parser.parse_args(argv)
     torch.manual_seed(args.seed)
-    model = MatchingTransformer(dim=args.dim, layers=args.layers)
-    problems = None
+    model = MatchingTransformer(dim=args.dim, layers=args.layers, normalize=args.normalize)
+    problems = robust_problems(args.nodes) if args.problems == "robust" else None
     if args.modelnet:
         if args.checkpoint:
             parser.error("--modelnet and --checkpoint: train on one kind of problem")
@@ -118,8 +152,10 @@ def main(argv=None) -> int:
             parser.error("--checkpoint needs --data-root")
         features = deepemd_problems(args.checkpoint, args.data_root, args.feature_images, args.seed)
 
+        generated = problems or (lambda batch, generator: random_problems(batch, args.nodes, generator))
+
         def problems(batch, generator):                   # half generated, half DeepEMD node sets
-            c1, a1, b1 = random_problems(batch // 2, args.nodes, generator)
+            c1, a1, b1 = generated(batch // 2, generator)
             c2, a2, b2 = features(batch - batch // 2, generator)
             if c2.shape[1:] != c1.shape[1:]:
                 return c2, a2, b2                          # node counts differ: alternate batches
@@ -128,6 +164,7 @@ def main(argv=None) -> int:
     history = train_matcher(model, args.steps, args.batch, args.nodes, args.seed, args.lr,
                             problems=problems, log_every=100)
     info = {"steps": args.steps, "batch": args.batch, "nodes": args.nodes, "seed": args.seed,
+            "problems": "modelnet" if args.modelnet else args.problems,
             "deepemd_checkpoint": args.checkpoint, "modelnet": args.modelnet,
             "hold_out_classes": args.hold_out_classes if args.modelnet else 0, "final_loss": history[-1],
             "seconds": time.perf_counter() - t}

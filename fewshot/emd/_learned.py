@@ -90,12 +90,24 @@ def _attend(mha: nn.MultiheadAttention, x: torch.Tensor, other: torch.Tensor,
     return mha.out_proj(out.transpose(1, 2).reshape(B, M, dim))
 
 
-class MatchingTransformer(nn.Module):
-    """Predicts plan logits [B, M, N] from cost [B, M, N] and weights a [B, M], b [B, N]."""
+NORMALIZE = ("max", "range")
 
-    def __init__(self, dim: int = 64, layers: int = 2, heads: int = 4):
+
+class MatchingTransformer(nn.Module):
+    """Predicts plan logits [B, M, N] from cost [B, M, N] and weights a [B, M], b [B, N].
+
+    ``normalize``: what the network reads, cost / max |cost| (``max``) or (cost - min) /
+    (max - min) (``range``: also blind to a constant added to the cost, which moves no plan;
+    DeepEMD's 1 - cos costs of wide features crowd near 1, where ``max`` leaves them a narrow
+    band)."""
+
+    def __init__(self, dim: int = 64, layers: int = 2, heads: int = 4, normalize: str = "max"):
         super().__init__()
-        self.config = {"dim": dim, "layers": layers, "heads": heads}
+        if normalize not in NORMALIZE:
+            raise ConfigError(f"MatchingTransformer normalize: expected one of {', '.join(NORMALIZE)}, "
+                              f"got {normalize!r}")
+        self.normalize = normalize
+        self.config = {"dim": dim, "layers": layers, "heads": heads, "normalize": normalize}
         self.embed_x = nn.Linear(TOKEN_FEATURES, dim)
         self.embed_y = nn.Linear(TOKEN_FEATURES, dim)
         self.blocks_x = nn.ModuleList(_Block(dim, heads) for _ in range(layers))
@@ -104,8 +116,11 @@ class MatchingTransformer(nn.Module):
         self.log_tau = nn.Parameter(torch.tensor(math.log(0.05)))
 
     def forward(self, cost: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        scale = cost.abs().amax((1, 2), keepdim=True).clamp_min(1e-12)
-        c = cost / scale                                     # scale-free: EMD is homogeneous in cost
+        if self.normalize == "range":                        # the plan ignores a constant added to the cost
+            low = cost.amin((1, 2), keepdim=True)
+            c = (cost - low) / (cost.amax((1, 2), keepdim=True) - low).clamp_min(1e-12)
+        else:                                                # scale-free: EMD is homogeneous in cost
+            c = cost / cost.abs().amax((1, 2), keepdim=True).clamp_min(1e-12)
         x = self.embed_x(node_tokens(c, a))
         y = self.embed_y(node_tokens(c.transpose(1, 2), b))
         tau = self.log_tau.exp()
@@ -232,10 +247,11 @@ def learned_emd(x: torch.Tensor, y: torch.Tensor, a: Optional[torch.Tensor] = No
 # ----------------------------------------------------------------------------- training
 
 def random_problems(batch: int, n: int, generator: torch.Generator, kind: str = "mixed",
-                    dtype: torch.dtype = torch.float32):
+                    dtype: torch.dtype = torch.float32, width: int = 64, weights: str = "random"):
     """Training/test problems (cost [B, n, n], a, b): ``points`` (Euclidean cost of 2-D/3-D
-    Gaussian clouds, one shifted and scaled), ``cosine`` (1 - cos of 64-d vectors, DeepEMD-like)
-    or ``mixed`` (half each). Weights are random and positive with mass n."""
+    Gaussian clouds, one shifted and scaled), ``cosine`` (1 - cos of ``width``-d vectors,
+    DeepEMD-like) or ``mixed`` (half each). Weights with mass n: ``random`` (positive) or
+    ``uniform``."""
     def cloud_cost(B):
         d = 2 + int(torch.randint(0, 2, (1,), generator=generator))
         x = torch.randn(B, n, d, generator=generator)
@@ -244,8 +260,8 @@ def random_problems(batch: int, n: int, generator: torch.Generator, kind: str = 
         return torch.cdist(x, y)
 
     def cosine_cost(B):
-        x = torch.nn.functional.normalize(torch.randn(B, n, 64, generator=generator), dim=-1)
-        y = torch.nn.functional.normalize(torch.randn(B, n, 64, generator=generator)
+        x = torch.nn.functional.normalize(torch.randn(B, n, width, generator=generator), dim=-1)
+        y = torch.nn.functional.normalize(torch.randn(B, n, width, generator=generator)
                                           + 0.5 * x[torch.randperm(B, generator=generator)], dim=-1)
         return 1 - x @ y.transpose(1, 2)
 
@@ -257,8 +273,12 @@ def random_problems(batch: int, n: int, generator: torch.Generator, kind: str = 
         cost = torch.cat([cloud_cost(batch // 2), cosine_cost(batch - batch // 2)])
     else:
         raise ValueError(f"kind must be points, cosine or mixed, got {kind!r}")
+    if weights not in ("random", "uniform"):
+        raise ValueError(f"weights must be random or uniform, got {weights!r}")
     a = torch.rand(batch, n, generator=generator, dtype=torch.float64) + 0.1
     b = torch.rand(batch, n, generator=generator, dtype=torch.float64) + 0.1
+    if weights == "uniform":
+        a, b = torch.ones_like(a), torch.ones_like(b)
     a, b = a * n / a.sum(1, keepdim=True), b * n / b.sum(1, keepdim=True)
     return cost.to(dtype), a.to(dtype), b.to(dtype)
 
