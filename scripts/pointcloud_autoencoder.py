@@ -111,7 +111,7 @@ def evaluate(model: AutoEncoder, points: torch.Tensor) -> dict:
     y = model(points)
     exact = emd_value(points.double(), y.double(), "exact")
     return {"exact_emd": mean_ci(exact), "chamfer": mean_ci(chamfer(points.double(), y.double())),
-            "reconstructions": y}
+            "reconstructions": y, "per_shape": exact}
 
 
 def draw(points: torch.Tensor, reconstructions: dict, path: str, shapes: int = 4) -> None:
@@ -147,7 +147,7 @@ def main(argv=None) -> int:
     parser.add_argument("--classes", nargs="+", help="only these classes (default: all)")
     parser.add_argument("--epsilon", type=float, default=0.01, help="Sinkhorn epsilon (distances in unit-sphere units)")
     parser.add_argument("--sinkhorn-iter", type=int, default=50)
-    parser.add_argument("--learned", default="", help="learned-EMD checkpoint (default: the shipped model)")
+    parser.add_argument("--learned", default="", help="learned-EMD checkpoint or shipped name (default: the shipped pointclouds model)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     for flag in ("points", "epochs", "batch", "latent", "sinkhorn_iter"):
@@ -160,16 +160,20 @@ def main(argv=None) -> int:
     os.makedirs(args.out, exist_ok=True)
     print(f"{len(train_set)} training and {len(val_set)} validation shapes of {len(clouds.classes)} classes, "
           f"{args.points} points", flush=True)
-    rows, pictures = [], {}
+    rows, pictures, per_shape = [], {}, {}
     for name in args.losses:
         model, history, seconds = train(name, train_set.points, args)
         result = evaluate(model, val_set.points)
         pictures[name] = result.pop("reconstructions")
+        per_shape[name] = result.pop("per_shape")
         rows.append({"loss": name, "train_seconds": seconds, "final_train_loss": history[-1],
                      "val_exact_emd": result["exact_emd"], "val_chamfer": result["chamfer"]})
         print(f"[{name}] val exact EMD {result['exact_emd'][0]:.4f} +- {result['exact_emd'][1]:.4f}, "
               f"Chamfer {result['chamfer'][0]:.5f} +- {result['chamfer'][1]:.5f}, trained in {seconds:.0f} s",
               flush=True)
+    for row in rows:                 # paired over the same shapes: (EMD_loss - EMD_other) / EMD_other
+        row["paired_relative_difference"] = {
+            other: mean_ci(per_shape[row["loss"]] / per_shape[other] - 1) for other in per_shape if other != row["loss"]}
     with open(os.path.join(args.out, "autoencoder.json"), "w") as f:
         json.dump({"args": vars(args), "train_shapes": len(train_set), "val_shapes": len(val_set),
                    "rows": rows}, f, indent=1)

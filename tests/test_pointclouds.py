@@ -145,6 +145,7 @@ def test_autoencoder_script_trains_with_every_loss_on_tiny_data(tmp_path):
     assert doc["train_shapes"] == 12 and doc["val_shapes"] == 3
     for r in doc["rows"]:
         assert r["val_exact_emd"][0] > 0 and r["val_chamfer"][0] > 0 and math.isfinite(r["final_train_loss"])
+        assert set(r["paired_relative_difference"]) == {"chamfer", "learned", "exact", "sinkhorn"} - {r["loss"]}
     assert (out / "autoencoder.png").stat().st_size > 1000
 
 

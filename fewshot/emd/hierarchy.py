@@ -312,6 +312,6 @@ class TreeEMDLoss(nn.Module):
 
 
 def load_class_tree(path: str, classes: Sequence[str], rho: float = 2.0,
-                    where: str = "pretrain.class_tree") -> TreeEMDLoss:
+                    where: str = "class tree") -> TreeEMDLoss:
     """A TreeEMDLoss over ``classes`` from a JSON tree file (see :meth:`ClassTree.from_json`)."""
     return TreeEMDLoss(ClassTree.from_json(path, classes, where=f"{where} {path!r}"), rho=rho)

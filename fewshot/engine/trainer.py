@@ -218,7 +218,7 @@ def pretrain(config: Config, resume: Optional[str] = None) -> str:
                           "data.augment=true and data.gpu_augment=true")
     emd_loss = None
     if p.emd_loss_weight > 0:         # with a class tree (checked when the config loaded)
-        emd_loss = load_class_tree(p.class_tree, train_set.classes, p.emd_loss_rho)
+        emd_loss = load_class_tree(p.class_tree, train_set.classes, p.emd_loss_rho, where="pretrain.class_tree")
     folder, device, model = _prepare(config, "pretrain")     # the first write, after every check
     n_classes = len(train_set.classes)
     if p.head == "cosine":
