@@ -116,3 +116,21 @@ def test_learned_models_by_name_and_unknown_names():
     torch.testing.assert_close(default, named)            # solve() defaults to the cosine model
     with pytest.raises(ConfigError, match="expected a shipped model, cosine or pointclouds"):
         solve(cost, a, b, solver="learned", checkpoint="point_clouds")
+
+
+def test_robustness_benchmark_rows(tmp_path):
+    """benchmarks/learned_emd_robustness.py: one row per setting and model, agreement in range."""
+    import json
+    import subprocess
+    import sys
+    script = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "learned_emd_robustness.py")
+    out = tmp_path / "rob.json"
+    run = subprocess.run([sys.executable, script, "--problems", "12", "--nodes", "6", "--widths", "8",
+                          "--model", "cosine", "--model", "pointclouds", "--json", str(out)],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    rows = json.loads(out.read_text())["rows"]
+    assert {(r["setting"], r["model"]) for r in rows} == {
+        (s, m) for s in ("cosine 8-d, random weights", "cosine 8-d, uniform weights", "cross-reference, 8-d features")
+        for m in ("cosine", "pointclouds")}
+    assert all(-1 <= r["pearson"] <= 1 and r["mean_relative_error"] >= 0 for r in rows)
