@@ -121,8 +121,8 @@ def upsample(points: torch.Tensor, n: int, g: torch.Generator) -> torch.Tensor:
 
 
 def markdown(rows) -> str:
-    """The quality table and the speed table (with the fastest exact engine's time over each
-    method's: > 1 means faster than every exact engine) of ``rows``."""
+    """The quality table and the speed table (with the time of the fastest exact method, an
+    engine of ``exact`` or Hungarian, over each method's: > 1 means faster than all) of ``rows``."""
     out = ["| points | shapes | method | Pearson | Spearman | Kendall | mean rel. error | median grad. cosine |",
            "|---|---|---|---|---|---|---|---|"]
     for r in (r for r in rows if r["kind"] == "quality"):
@@ -131,7 +131,7 @@ def markdown(rows) -> str:
     speed_rows = [r for r in rows if r["kind"] == "speed"]
     sizes = sorted({r["points"] for r in speed_rows})
     names = list(dict.fromkeys(r["method"] for r in speed_rows))
-    out += ["", "ms per pair, one pair, forward (forward+backward); x = fastest exact engine / method",
+    out += ["", "ms per pair, one pair, forward (forward+backward); x = fastest exact method / method (forward)",
             "", "| method | " + " | ".join(f"{n}{'*' if n > 1024 else ''}" for n in sizes) + " |",
             "|---|" + "---|" * len(sizes)]
     def ms(name, n, backward, key="ms_per_pair_single"):
@@ -141,7 +141,8 @@ def markdown(rows) -> str:
         cells = []
         for n in sizes:
             fwd, bwd = ms(name, n, False), ms(name, n, True)
-            exact_ms = [ms(e, n, False) for e in names if e.startswith("exact") and ms(e, n, False) is not None]
+            exact_ms = [ms(e, n, False) for e in names
+                        if (e.startswith("exact") or e == "hungarian") and ms(e, n, False) is not None]
             if fwd is None:
                 cells.append("-")
                 continue
@@ -159,8 +160,9 @@ def main(argv=None) -> int:
     parser.add_argument("--model", action="append", default=None,
                         help="NAME=CHECKPOINT of a learned model, or a shipped model's name "
                              "(default: every shipped model)")
-    parser.add_argument("--sizes", type=int, nargs="+", default=[128, 256, 512, 1024])
-    parser.add_argument("--speed-sizes", type=int, nargs="+", default=[128, 256, 512, 1024, 2048, 4096, 8192])
+    parser.add_argument("--sizes", type=int, nargs="*", default=[128, 256, 512, 1024], help="quality (none: skip)")
+    parser.add_argument("--speed-sizes", type=int, nargs="*", default=[128, 256, 512, 1024, 2048, 4096, 8192],
+                        help="speed (none: skip)")
     parser.add_argument("--pairs", type=int, default=100)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--hold-out-classes", type=int, default=10)
