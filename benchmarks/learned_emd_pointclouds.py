@@ -45,7 +45,9 @@ def uniform(x):
 
 
 def exact(x, y, engine="auto"):
-    return emd.solve(torch.cdist(x, y), uniform(x), uniform(y), solver="exact", engine=engine).value
+    # POT's network simplex needs more than the default 100,000 pivots from ~4,096 points
+    return emd.solve(torch.cdist(x, y), uniform(x), uniform(y), solver="exact", engine=engine,
+                     max_iter=10_000_000).value
 
 
 def hungarian(x, y):
