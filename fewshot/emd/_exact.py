@@ -87,8 +87,7 @@ def pick_engine(engine: str, a: torch.Tensor, b: torch.Tensor, warm_start: bool)
     """The engine ``auto`` stands for on a [B, M], b [B, N] (see the module docstring); a named
     engine is checked against the problem."""
     M, N = a.shape[1], b.shape[1]
-    uniform = M == N and bool((a == a[:, :1]).all() and (b == b[:, :1]).all())
-    if engine == "assignment" and not uniform:
+    if engine == "assignment" and not (M == N and bool((a == a[:, :1]).all() and (b == b[:, :1]).all())):
         raise EMDInputError(f"exact: engine 'assignment' needs M == N and equal weights within a and "
                             f"within b (two clouds with uniform weights), got M={M}, N={N}"
                             + ("" if M != N else " with unequal weights"))
