@@ -6,7 +6,9 @@
 # RECIPE_OUT holds pretrain/best.pt and val_5way1shot_1000.json (scripts/recipe_miniimagenet_cpu.sh).
 # Variants (default: all; 500 episodes each unless said): short (the recipe's meta-training),
 # lr2e-3 (4x the learning rate), temp25 (twice the temperature), pyramid (FCN nodes plus pooled
-# 2x2 and 1x1), long (1,500 episodes), way10 (10-way training episodes; evaluation stays 5-way).
+# 2x2 and 1x1), long (1,500 episodes), way10 (10-way training episodes; evaluation stays 5-way),
+# dense (10x10 FCN nodes: the last block's max-pool dropped, same pretrained weights), dense_pyramid
+# (dense plus pooled 2x2 and 1x1), pyramid_lr2e-3 (pyramid and 4x the learning rate).
 set -euo pipefail
 D=${1:?usage: $0 DATA_ROOT RECIPE_OUT ABLATION_OUT [variant ...]}
 RUN=${2:?usage}; R=${3:?usage}; shift 3
@@ -21,6 +23,9 @@ declare -A V=(
   [pyramid]="model.options.pyramid=[2,1]"
   [long]="meta.epochs=30 meta.val_every=3"
   [way10]="--way 10"
+  [dense]="model.backbone_options.pool_blocks=3"
+  [dense_pyramid]="model.backbone_options.pool_blocks=3 model.options.pyramid=[2,1]"
+  [pyramid_lr2e-3]="model.options.pyramid=[2,1] meta.lr=2e-3"
 )
 mkdir -p "$R"
 source "$(dirname "$0")/_steps.sh"
