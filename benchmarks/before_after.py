@@ -69,7 +69,7 @@ def main(argv=None) -> int:
         return tuple(sorted((k, json.dumps(v)) for k, v in row.items() if k not in skip))
 
     rows = []
-    for i, first in enumerate(results["before"][0]):
+    for first in results["before"][0]:
         k = key(first)
         row = {f: v for f, v in first.items() if f not in skip}
         for field in args.time:

@@ -30,16 +30,7 @@ from scipy import stats  # noqa: E402
 from _common import write_results  # noqa: E402
 from fewshot import emd  # noqa: E402
 from fewshot.emd._learned import random_problems  # noqa: E402
-from fewshot.models.deepemd import emd_problem  # noqa: E402
-
-
-def cross_reference(n_problems: int, n: int, width: int, g: torch.Generator):
-    base = torch.randn(n_problems, width, 1, generator=g)
-    x = torch.relu(base + torch.randn(n_problems, width, n, generator=g))
-    y = torch.relu(base * (torch.rand(n_problems, 1, 1, generator=g) < 0.5)
-                   + torch.randn(n_problems, width, n, generator=g))
-    cost, a, b = emd_problem(x[:, None], y[:, None])
-    return cost[:, 0, 0], a[:, 0, 0], b[:, 0, 0]
+from fewshot.models.deepemd import emd_problem, random_emd_problems  # noqa: E402
 
 
 def real(checkpoint: str, data_root: str, split: str, n_problems: int, seed: int):
@@ -82,7 +73,7 @@ def main(argv=None) -> int:
         for weights in ("random", "uniform"):
             settings[f"cosine {width}-d, {weights} weights"] = random_problems(
                 args.problems, args.nodes, g, kind="cosine", width=width, weights=weights)
-        settings[f"cross-reference, {width}-d features"] = cross_reference(args.problems, args.nodes, width, g)
+        settings[f"cross-reference, {width}-d features"] = random_emd_problems(args.problems, args.nodes, width, g)
     if args.checkpoint:
         settings[f"real: {args.checkpoint} on {args.split}"] = real(args.checkpoint, args.data_root, args.split,
                                                                    args.problems, args.seed)

@@ -1,7 +1,7 @@
 """Typed options: one declaration of a value's type, default and admitted range, and the one
 validator every layer uses (the config's numeric keys, model options, EMD solver options).
 
-    Option(0.1, float, low=0, low_open=True).check(value, "meta.lr")   # -> float or ConfigError
+    Option(0.1, float, low=0, low_open=True).check(value, "meta.lr")   # -> float or OptionError
 """
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Optional, Tuple
 
-from .errors import ConfigError
+from .errors import OptionError
 
 
 @dataclass(frozen=True)
@@ -38,9 +38,9 @@ class Option:
         return what + (" " + " and ".join(bounds) if bounds else "")
 
     def check(self, value: Any, key: str) -> Any:
-        """``value`` converted to the option's type; ConfigError naming ``key`` if it is not admitted."""
+        """``value`` converted to the option's type; OptionError naming ``key`` if it is not admitted."""
         def bad():
-            return ConfigError(f"{key}: expected {self.expected()}, got {value!r}")
+            return OptionError(key, f"expected {self.expected()}, got {value!r}")
         if self.kind is object or (value is None and self.default is None):
             return value
         if self.kind is bool:

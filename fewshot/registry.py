@@ -9,7 +9,7 @@ from __future__ import annotations
 import inspect
 from typing import Any, Callable, Dict, Iterable, Optional
 
-from .errors import ConfigError, FewShotError
+from .errors import ConfigError, FewShotError, OptionError
 
 
 class Registry:
@@ -39,24 +39,30 @@ class Registry:
         return self._entries[name]
 
     def create(self, name: str, where: str = "", **kwargs: Any) -> Any:
-        """Build ``name`` with ``kwargs``; unknown keyword arguments are a ConfigError."""
+        """Build ``name`` with ``kwargs``; unknown keyword arguments are a ConfigError.
+
+        ``where``: the key the options were read from (e.g. ``model.options``); an
+        :class:`~fewshot.errors.OptionError` of the constructor, which names an option
+        relative to its own arguments, is raised again under it."""
         fn = self.get(name)
-        where = where or f"{self.kind} {name!r}"
-        check_kwargs(fn, kwargs, where)
+        check_kwargs(fn, kwargs, where, f"{self.kind} {name!r}")
         try:
             return fn(**kwargs)
+        except OptionError as e:
+            raise e.under(where) from None
         except ValueError as e:          # a constructor's own check of an option's value
             if isinstance(e, FewShotError):  # already the project's error (ConfigError, DataError)
                 raise
-            raise ConfigError(f"{where}: {e}") from None
+            raise OptionError(where, f"{e} ({self.kind} {name!r})") from None
 
     def __contains__(self, name: str) -> bool:
         return name in self._entries
 
 
-def check_kwargs(fn: Callable, kwargs: Dict[str, Any], where: str,
+def check_kwargs(fn: Callable, kwargs: Dict[str, Any], where: str, what: str = "",
                  reserved: Iterable[str] = ()) -> None:
-    """Raise ConfigError if ``kwargs`` holds a key that ``fn`` does not accept."""
+    """Raise ConfigError (naming ``where``, the options' key, and ``what`` takes them) if
+    ``kwargs`` holds a key that ``fn`` does not accept."""
     params = inspect.signature(fn).parameters
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
         return
@@ -64,5 +70,6 @@ def check_kwargs(fn: Callable, kwargs: Dict[str, Any], where: str,
                 if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and k not in reserved]
     unknown = sorted(set(kwargs) - set(accepted))
     if unknown:
-        raise ConfigError(f"{where}: unknown option(s) {', '.join(map(repr, unknown))}; "
+        of = f" of {what}" if where and what else ""
+        raise ConfigError(f"{where or what}: unknown option(s) {', '.join(map(repr, unknown))}{of}; "
                           f"accepted: {', '.join(accepted) or '(none)'}")

@@ -55,16 +55,7 @@ def robust_problems(n: int, widths=(64, 640)):
     weights, a width of ``widths``), and of DeepEMD problems built by ``emd_problem`` (cost and
     cross-reference weights) from random non-negative node features [C, n] of each width, the
     two sets sharing an image-level component half of the time (same class)."""
-    from fewshot.models.deepemd import emd_problem
-
-    def deepemd_like(batch, width, generator):
-        base = torch.randn(batch, width, 1, generator=generator)
-        same = (torch.rand(batch, 1, 1, generator=generator) < 0.5).float()
-        other = same * base + (1 - same) * torch.randn(batch, width, 1, generator=generator)
-        x = torch.relu(base + torch.randn(batch, width, n, generator=generator))
-        y = torch.relu(other + torch.randn(batch, width, n, generator=generator))
-        cost, a, b = emd_problem(x[:, None], y[:, None])
-        return cost[:, 0, 0], a[:, 0, 0], b[:, 0, 0]
+    from fewshot.models.deepemd import random_emd_problems
 
     def problems(batch, generator):
         q = batch // 4
@@ -72,7 +63,8 @@ def robust_problems(n: int, widths=(64, 640)):
         parts = [random_problems(q, n, generator, kind="points"),
                  random_problems(q, n, generator, kind="cosine", width=widths[pick()],
                                  weights=("random", "uniform")[pick()]),
-                 deepemd_like(q, widths[0], generator), deepemd_like(batch - 3 * q, widths[-1], generator)]
+                 random_emd_problems(q, n, widths[0], generator),
+                 random_emd_problems(batch - 3 * q, n, widths[-1], generator)]
         return tuple(torch.cat([p[k].float() for p in parts]) for k in range(3))
 
     return problems

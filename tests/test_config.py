@@ -60,8 +60,17 @@ def test_shipped_configs_load():
 
 def test_unknown_method_option_is_an_error():
     from fewshot.models import create_model
-    with pytest.raises(ConfigError, match="model.options for method 'protonet'.*'temperatur'"):
+    with pytest.raises(ConfigError, match="^options: unknown option.*'temperatur' of method 'protonet'"):
         create_model("protonet", "conv4", {}, {"temperatur": 1.0})
+    # the caller that read the options from a config says where (the models know no config keys)
+    with pytest.raises(ConfigError, match="^model.options: unknown option.*'temperatur'"):
+        create_model("protonet", "conv4", {}, {"temperatur": 1.0}, where="model")
+    with pytest.raises(ConfigError, match=r"^model.options.temperature: expected a finite number > 0"):
+        create_model("deepemd", "conv4", {}, {"temperature": -1.0}, where="model")
+    with pytest.raises(ConfigError, match=r"^model.options.solver_options.epsilon: expected"):
+        create_model("deepemd", "conv4", {}, {"solver": "sinkhorn", "solver_options": {"epsilon": 0}}, where="model")
+    with pytest.raises(ConfigError, match=r"^backbone_options: .*hidden.*\(backbone 'conv4'\)"):
+        create_model("protonet", "conv4", {"hidden": -1}, {})
     with pytest.raises(ConfigError, match="unknown backbone 'resnet13'"):
         create_model("protonet", "resnet13")
 

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..errors import DataError
+from ..errors import DataError, OptionError
 from ..registry import Registry
 from ._image import load_image
 
@@ -121,14 +121,14 @@ def datasets() -> List[str]:
     return DATASETS.names()
 
 
-def build_dataset(name: str, root: str, split: str, **options) -> ImageDataset:
-    """Create split ``split`` of dataset layout ``name`` found at ``root``."""
+def build_dataset(name: str, root: str, split: str, where: str = "options", **options) -> ImageDataset:
+    """Create split ``split`` of dataset layout ``name`` found at ``root`` (errors name a bad
+    option ``where.KEY``)."""
     if not os.path.isdir(root):
         raise DataError(
             f"dataset root {root!r} ({name}) does not exist. Point to the data with "
             f"--data-root PATH or data.root=PATH; see datasets/README.md for the expected layout")
-    ds = DATASETS.create(name, where=f"data.options for dataset {name!r}", root=root, split=split,
-                         **options)
+    ds = DATASETS.create(name, where=where, root=root, split=split, **options)
     if len(ds.classes) == 0:
         raise DataError(f"dataset {name!r} at {root!r}: split {split!r} holds no classes")
     ds.name = f"{name}:{split}"
@@ -458,7 +458,7 @@ def omniglot(root: str, split: str, alphabets: Optional[Dict[str, List[str]]] = 
                         f"images_evaluation/ with <alphabet>/characterNN/*.png")
     if alphabets is not None:
         if split not in alphabets:
-            raise DataError(f"data.options.alphabets has no entry for split {split!r}")
+            raise OptionError("alphabets", f"has no entry for split {split!r}")
         chosen = list(alphabets[split])
     else:
         background = sorted(a for a, f in locations.items() if f.endswith("images_background"))
@@ -510,7 +510,7 @@ def image_folder(root: str, split: str, split_file: str = "") -> ImageDataset:
         return _from_class_lists(names, files, root)
     if not split_file:
         raise DataError(f"folder dataset {root!r}: no split folder {split!r} and no "
-                        f"data.options.split_file naming the classes of each split (or use "
+                        f"split_file option naming the classes of each split (or use "
                         f"split 'all' for every class folder under the root)")
     names = _read_split_json(split_file, split)
     for c in names:

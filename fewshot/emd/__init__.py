@@ -20,7 +20,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 import torch
 
-from ..errors import ConfigError
+from ..errors import ConfigError, OptionError
 from ..registry import Registry
 from . import _chain, _cvxpylayers, _exact, _learned, _qpth, _sinkhorn, _tree
 from ._chain import chain_emd, monotone_plan
@@ -49,12 +49,12 @@ def spec(name: str) -> SolverSpec:
 def make_solver(name: str, options: Optional[Dict[str, Any]] = None, where: str = "") -> Solver:
     """Build solver ``name`` with ``options``, checking every option's type and range.
 
-    Errors are ConfigErrors naming ``where.key`` (``where`` defaults to the solver name),
+    Errors are OptionErrors (ConfigErrors) naming ``where.key`` (``where`` defaults to the solver name),
     e.g. ``model.options.solver_options.epsilon: expected a finite number > 0, got -1``."""
     if not isinstance(name, str):
-        raise ConfigError(f"{where or 'solver'}: expected an EMD solver name, got {name!r}")
+        raise OptionError(where or "solver", f"expected an EMD solver name, got {name!r}")
     if options is not None and not isinstance(options, dict):
-        raise ConfigError(f"{where or name}: expected a mapping of solver options, got {options!r}")
+        raise OptionError(where or name, f"expected a mapping of solver options, got {options!r}")
     return build(name, spec(name), options, where or name)
 
 

@@ -34,7 +34,7 @@ from typing import Dict, Optional
 import torch
 import torch.nn as nn
 
-from ..errors import ConfigError
+from ..errors import ConfigError, OptionError
 from ._problem import EMDResult
 from ._solver import Option, SolverSpec
 from ._sinkhorn import _iterate, _LogSumExp
@@ -320,12 +320,12 @@ def _check_options(options: dict, where: str) -> None:
     path = model_path(options["checkpoint"]) if options["checkpoint"] else ""
     if options["model"] is not None:
         if not isinstance(options["model"], MatchingTransformer):
-            raise ConfigError(f"{where}.model: expected a MatchingTransformer, "
-                              f"got {type(options['model']).__name__}")
+            raise OptionError(f"{where}.model", f"expected a MatchingTransformer, "
+                                                f"got {type(options['model']).__name__}")
         if path:
-            raise ConfigError(f"{where}: give checkpoint or model, not both")
+            raise OptionError(where, "give checkpoint or model, not both")
     elif path and not os.path.isfile(path):
-        raise ConfigError(f"{where}.checkpoint: {path!r} does not exist (expected a shipped model, "
+        raise OptionError(f"{where}.checkpoint", f"{path!r} does not exist (expected a shipped model, "
                           f"{' or '.join(SHIPPED_MODELS)}, or a file from scripts/train_learned_emd.py)")
 
 

@@ -4,7 +4,7 @@ A solver is declared by a :class:`SolverSpec`: the function that solves a batch,
 options it takes (:class:`Option`: default, type, range or choices), what it needs
 besides (cost, a, b) and what it offers (node coordinates ``x`` / ``y``, warm starts
 from ``init`` potentials) and how it differentiates. :func:`make_solver` turns a name
-and an options dict into a :class:`Solver`, raising :class:`~fewshot.errors.ConfigError`
+and an options dict into a :class:`Solver`, raising :class:`~fewshot.errors.OptionError`
 naming the option (``where.key``) for an unknown key, a wrong type or a value out of
 range, so a bad option is reported when a model is built, not at its first solve.
 """
@@ -16,7 +16,7 @@ from typing import Any, Callable, Dict, Optional, Tuple
 
 import torch
 
-from ..errors import ConfigError
+from ..errors import OptionError
 from ..options import Option
 from ._problem import EMDInputError, EMDResult, check_problem
 
@@ -111,8 +111,8 @@ def build(name: str, spec: SolverSpec, options: Optional[Dict[str, Any]], where:
     options = dict(options or {})
     unknown = sorted(set(options) - set(spec.options))
     if unknown:
-        raise ConfigError(f"{where}: unknown option(s) {', '.join(map(repr, unknown))} of EMD solver "
-                          f"{name!r}; accepted: {', '.join(spec.options) or '(none)'}")
+        raise OptionError(where, f"unknown option(s) {', '.join(map(repr, unknown))} of EMD solver "
+                                 f"{name!r}; accepted: {', '.join(spec.options) or '(none)'}")
     checked = {k: opt.check(options[k], f"{where}.{k}") if k in options else opt.default
                for k, opt in spec.options.items()}
     if spec.check is not None:

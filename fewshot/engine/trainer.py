@@ -46,7 +46,7 @@ def resolve_device(name: str) -> torch.device:
 def load_split(config: Config, split: str, train: bool) -> ImageDataset:
     """Split ``split`` of the configured dataset, with the train or test transform."""
     d = config.data
-    ds = build_dataset(d.name, d.root, split, **d.options)
+    ds = build_dataset(d.name, d.root, split, where="data.options", **d.options)
     if d.cache_images:
         ds.enable_cache()
     augment = train and d.augment
@@ -109,7 +109,7 @@ def build_model(config: Config) -> FewShotClassifier:
     take data.image_size images of the transform's channels, or that leaves no feature map, is a
     ConfigError naming the keys (before any output is written)."""
     m = config.model
-    model = create_model(m.method, m.backbone, m.backbone_options, m.options)
+    model = create_model(m.method, m.backbone, m.backbone_options, m.options, where="model")
     channels = len(image_mode(config.data.transform))      # "L" -> 1, "RGB" -> 3
     size = config.data.image_size
     probe = torch.zeros(1, channels, size, size)

@@ -21,8 +21,9 @@ def backbones() -> List[str]:
     return BACKBONES.names()
 
 
-def create_backbone(name: str, **options) -> "Backbone":
-    return BACKBONES.create(name, where=f"model.backbone_options for backbone {name!r}", **options)
+def create_backbone(name: str, where: str = "backbone_options", **options) -> "Backbone":
+    """Backbone ``name`` built with ``options`` (errors name a bad one ``where.KEY``)."""
+    return BACKBONES.create(name, where=where, **options)
 
 
 def _positive(**values) -> None:

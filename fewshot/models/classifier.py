@@ -17,7 +17,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..errors import ConfigError
+from ..errors import ConfigError, OptionError
 from ..registry import Registry
 from .backbones import Backbone
 
@@ -105,7 +105,7 @@ class ProtoNet(FewShotClassifier):
     def __init__(self, backbone: Backbone, normalize: str = "none"):
         super().__init__(backbone)
         if normalize not in ("none", "l2n"):
-            raise ConfigError(f"model.options.normalize: {normalize!r} is not one of none, l2n")
+            raise OptionError("normalize", f"{normalize!r} is not one of none, l2n")
         self.normalize = normalize
         self.prototypes = None
 

@@ -26,12 +26,11 @@ import torch.nn.functional as F
 
 from .. import emd
 from . import _sfc_kernel
-from ..errors import ConfigError
+from ..errors import ConfigError, OptionError
 from .backbones import Backbone
 from .classifier import METHODS, FewShotClassifier, class_means
 
 PATCHES = ("fcn", "grid", "sampling")
-OPTIONS_KEY = "model.options"   # where a config holds DeepEMD's options (error messages name it)
 METRICS = ("cosine", "l2")
 
 
@@ -98,6 +97,21 @@ def emd_problem(query: torch.Tensor, proto: torch.Tensor, metric: str = "cosine"
     return node_cost(query, proto, metric, center), a, b
 
 
+def random_emd_problems(batch: int, n: int, width: int, generator: torch.Generator
+                        ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """DeepEMD problems (:func:`emd_problem`: cost [batch, n, n], a, b) between random
+    non-negative node features [width, n] of two images, which share an image-level component
+    half of the time (as two images of one class): what a learned EMD solver is trained and
+    tested on besides real node sets."""
+    base = torch.randn(batch, width, 1, generator=generator)
+    same = (torch.rand(batch, 1, 1, generator=generator) < 0.5).float()
+    other = same * base + (1 - same) * torch.randn(batch, width, 1, generator=generator)
+    x = torch.relu(base + torch.randn(batch, width, n, generator=generator))
+    y = torch.relu(other + torch.randn(batch, width, n, generator=generator))
+    cost, a, b = emd_problem(x[:, None], y[:, None])
+    return cost[:, 0, 0], a[:, 0, 0], b[:, 0, 0]
+
+
 def emd_logits(query: torch.Tensor, proto: torch.Tensor, solver: Union[str, emd.Solver] = "exact",
                solver_options: Optional[dict] = None, temperature: float = 12.5,
                metric: str = "cosine", center: bool = True,
@@ -140,10 +154,10 @@ class EMDHead(nn.Module):
                  metric: str = "cosine", center: bool = True):
         super().__init__()
         if metric not in METRICS:
-            raise ConfigError(f"{OPTIONS_KEY}.metric must be one of {METRICS}, got {metric!r}")
+            raise OptionError("metric", f"expected one of {', '.join(METRICS)}, got {metric!r}")
         temperature = emd.Option(12.5, float, low=0, low_open=True).check(
-            temperature, f"{OPTIONS_KEY}.temperature")
-        center = emd.Option(True, bool).check(center, f"{OPTIONS_KEY}.center")
+            temperature, "temperature")
+        center = emd.Option(True, bool).check(center, "center")
         self.train_solver, self.eval_solver = train_solver, eval_solver
         self.temperature, self.metric, self.center = temperature, metric, center
 
@@ -191,7 +205,7 @@ class StructuredFC:
 
     def __post_init__(self):
         for key, opt in _SFC_OPTIONS.items():
-            object.__setattr__(self, key, opt.check(getattr(self, key), f"{OPTIONS_KEY}.sfc_{key}"))
+            object.__setattr__(self, key, opt.check(getattr(self, key), f"sfc_{key}"))
         if self.compiled not in (None, True, False):
             raise ConfigError(f"StructuredFC.compiled: expected None, True or False, got {self.compiled!r}")
 
@@ -500,14 +514,14 @@ class Nodes:
 
     def __post_init__(self):
         if self.patch not in PATCHES:
-            raise ConfigError(f"{OPTIONS_KEY}.patch must be one of {PATCHES}, got {self.patch!r}")
+            raise OptionError("patch", f"expected one of {', '.join(PATCHES)}, got {self.patch!r}")
         for key in ("pyramid", "grid"):
             sizes = getattr(self, key)
             if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in sizes):
-                raise ConfigError(f"{OPTIONS_KEY}.{key}: expected grid sizes >= 1 (e.g. [2, 1]), got {list(sizes)}")
+                raise OptionError(key, f"expected grid sizes >= 1 (e.g. [2, 1]), got {list(sizes)}")
             object.__setattr__(self, key, tuple(sizes))
         for key in ("num_patch", "patch_size"):
-            emd.Option(1, int, low=1).check(getattr(self, key), f"{OPTIONS_KEY}.{key}")
+            emd.Option(1, int, low=1).check(getattr(self, key), key)
         object.__setattr__(self, "context_train", tuple(self.context_train))
         object.__setattr__(self, "context_test", float(self.context_test))
 
@@ -518,14 +532,14 @@ def _solvers(solver: str, solver_options: Optional[dict], eval_solver: str,
     unless another name or other options are given)."""
     for key, name in (("solver", solver), ("eval_solver", eval_solver or solver)):
         if name not in emd.solvers():
-            raise ConfigError(f"{OPTIONS_KEY}.{key}: unknown EMD solver {name!r}; "
+            raise OptionError(key, f"unknown EMD solver {name!r}; "
                               f"available: {', '.join(emd.solvers())}")
-    train = emd.make_solver(solver, solver_options, f"{OPTIONS_KEY}.solver_options")
+    train = emd.make_solver(solver, solver_options, "solver_options")
     if eval_solver:
-        return train, emd.make_solver(eval_solver, eval_solver_options, f"{OPTIONS_KEY}.eval_solver_options")
+        return train, emd.make_solver(eval_solver, eval_solver_options, "eval_solver_options")
     if eval_solver_options is None:
         return train, train
-    return train, emd.make_solver(solver, eval_solver_options, f"{OPTIONS_KEY}.eval_solver_options")
+    return train, emd.make_solver(solver, eval_solver_options, "eval_solver_options")
 
 
 class DeepEMD(FewShotClassifier):
