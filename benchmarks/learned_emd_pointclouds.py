@@ -14,6 +14,10 @@ alone and forward+backward, one pair and a batch of ``--batch`` pairs, for the l
 exact (engines simplex, pot and assignment), Hungarian (scipy's ``linear_sum_assignment``; no
 gradient), Sinkhorn and Chamfer; each method up to its own size cap (``--max-size``).
 
+Memory (``--memory-sizes``): how far the peak resident memory of a fresh process grows over
+one forward+backward of the learned EMD on a batch of ``--batch`` pairs (after the model is
+loaded), for each learned model; memory depends only on the sizes, so the clouds are random.
+
     python benchmarks/learned_emd_pointclouds.py --data-root PATH/modelnet40 \\
         --model pointclouds --model cosine --model pc=runs/learned_pc.pt --json benchmarks/learned_emd_pointclouds.json
 """
@@ -115,6 +119,28 @@ def speed(fn, x, y, backward: bool, repeat: int):
     return 1e3 * timed(run, repeat) / len(x)
 
 
+_MEMORY = """
+import resource, sys, torch
+from fewshot import emd
+n, batch, path = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+torch.set_num_threads(1)
+g = torch.Generator().manual_seed(0)
+x, y = torch.rand(batch, n, 3, generator=g), torch.rand(batch, n, 3, generator=g)
+emd.learned_emd(x[:1, :8], y[:1, :8], checkpoint=path)           # the model loaded first
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+emd.learned_emd(x.requires_grad_(True), y, checkpoint=path).value.sum().backward()
+print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024)
+"""
+
+
+def peak_growth_mb(n: int, batch: int, checkpoint: str) -> float:
+    """Peak resident memory growth (MB) of one learned forward+backward in a fresh process."""
+    import subprocess
+    out = subprocess.run([sys.executable, "-c", _MEMORY, str(n), str(batch), checkpoint], check=True,
+                         capture_output=True, text=True, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    return float(out.stdout.split()[-1])
+
+
 def upsample(points: torch.Tensor, n: int, g: torch.Generator) -> torch.Tensor:
     reps = math.ceil(n / points.shape[1])
     big = points.repeat(1, reps, 1)
@@ -153,6 +179,9 @@ def markdown(rows) -> str:
         out.append(f"| {name} | " + " | ".join(cells) + " |")
     out.append("")
     out.append("* real clouds upsampled by jitter above 1,024 points")
+    for r in (r for r in rows if r["kind"] == "memory"):
+        out.append(f"- {r['method']}: forward+backward of {r['batch']} pairs at {r['points']} points: "
+                   f"peak memory +{r['peak_growth_mb']:.0f} MB")
     return "\n".join(out)
 
 
@@ -165,6 +194,8 @@ def main(argv=None) -> int:
     parser.add_argument("--sizes", type=int, nargs="*", default=[128, 256, 512, 1024], help="quality (none: skip)")
     parser.add_argument("--speed-sizes", type=int, nargs="*", default=[128, 256, 512, 1024, 2048, 4096, 8192],
                         help="speed (none: skip)")
+    parser.add_argument("--memory-sizes", type=int, nargs="*", default=[1024, 2048],
+                        help="peak memory of a learned forward+backward of --batch pairs (none: skip)")
     parser.add_argument("--pairs", type=int, default=100)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--hold-out-classes", type=int, default=10)
@@ -220,6 +251,12 @@ def main(argv=None) -> int:
                                                if n <= args.batched_up_to else None), "batch": args.batch}
                 rows.append(row)
                 print(row, flush=True)
+    for n in args.memory_sizes:
+        for name, path in models.items():
+            row = {"kind": "memory", "points": n, "method": name, "batch": args.batch,
+                   "peak_growth_mb": peak_growth_mb(n, args.batch, path)}
+            rows.append(row)
+            print(row, flush=True)
     write_results(args.json, rows, models=models, epsilon=args.epsilon)
     print(markdown(rows))
     return 0

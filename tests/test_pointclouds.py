@@ -191,7 +191,8 @@ def test_pointcloud_benchmark_runs_on_tiny_data(tmp_path):
     out = tmp_path / "bench.json"
     run = subprocess.run([sys.executable, script, "--data-root", str(root), "--json", str(out), "--sizes", "16",
                           "--speed-sizes", "16", "64", "--pairs", "6", "--batch", "2", "--repeat", "1",
-                          "--hold-out-classes", "1", "--batched-up-to", "32", "--max-size", "hungarian=16"],
+                          "--hold-out-classes", "1", "--batched-up-to", "32", "--max-size", "hungarian=16",
+                          "--memory-sizes", "64"],
                          capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-2000:]
     rows = json.loads(out.read_text())["rows"]
@@ -204,3 +205,7 @@ def test_pointcloud_benchmark_runs_on_tiny_data(tmp_path):
     assert all((r["ms_per_pair_batched"] is None) == (r["points"] == 64) for r in speed)     # upsampled, unbatched
     assert all(r["upsampled"] == (r["points"] == 64) for r in speed)
     assert "| learned (pointclouds) |" in run.stdout and "| 16 | seen classes | chamfer |" in run.stdout
+    memory = [r for r in rows if r["kind"] == "memory"]
+    assert {r["method"] for r in memory} == {"learned (cosine)", "learned (pointclouds)"}
+    assert all(r["points"] == 64 and r["batch"] == 2 and r["peak_growth_mb"] >= 0 for r in memory)
+    assert "2 pairs at 64 points: peak memory" in run.stdout
