@@ -75,6 +75,8 @@ class PretrainConfig:
     class_tree: str = ""                # JSON {"nodes": [...], "parents": [...], "lengths": [...]}
     emd_loss_weight: float = 0.0        # loss = CE + weight * EMD^rho on class_tree
     emd_loss_rho: float = 2.0
+    dense_weight: float = 0.0           # loss += weight * CE of every feature-map cell (dense classification)
+    init: str = ""                      # checkpoint (or shipped name) whose backbone and head start the stage
 
 
 @dataclass
@@ -334,7 +336,7 @@ _OPTIONS: Dict[str, Option] = {
     "data.image_size": _int(16), "data.workers": _int(0),
     "episode.n_way": _int(2), "episode.n_shot": _int(1), "episode.n_query": _int(1),
     **{f"{stage}.{k}": opt for stage in ("pretrain", "meta") for k, opt in _STAGE_OPTIONS.items()},
-    "pretrain.batch_size": _int(1), "pretrain.emd_loss_weight": _num(0),
+    "pretrain.batch_size": _int(1), "pretrain.emd_loss_weight": _num(0), "pretrain.dense_weight": _num(0),
     "pretrain.head": Option("linear", str, choices=("linear", "cosine")),
     "pretrain.head_scale": _num(0, low_open=True), "pretrain.label_smoothing": _num(0, high=1, high_open=True),
     "pretrain.emd_loss_rho": _num(1),       # 1: EMD, 2: EMD^2

@@ -110,6 +110,52 @@ def test_pretrain_with_ce_plus_tree_emd_loss(folder_root, tmp_path, write_json):
                             f"pretrain.class_tree={bad}", "pretrain.emd_loss_weight=0.5")) == 2
 
 
+def _first_train_loss(out):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    events = EventAccumulator(os.path.join(out, "pretrain", "tb"))
+    events.Reload()
+    return events.Scalars("train/loss")[0].value
+
+
+def test_dense_classification_loss_is_the_cell_cross_entropy(folder_root, tmp_path):
+    """pretrain.dense_weight w adds w x the cross-entropy of every feature-map cell: at 16 px
+    Conv-4 leaves one 1 x 1 cell, whose logits are the pooled ones, so the first step's loss
+    is exactly (1 + w) x the plain one (same seed, same batch, same initial weights)."""
+    plain, dense = str(tmp_path / "plain"), str(tmp_path / "dense")
+    common = ("--stage", "pretrain", "model.method=protonet", "--max-steps", "1")
+    assert train_main(_args(folder_root, plain, *common)) == 0
+    assert train_main(_args(folder_root, dense, *common, "pretrain.dense_weight=0.5")) == 0
+    assert _first_train_loss(dense) == pytest.approx(1.5 * _first_train_loss(plain), rel=1e-5)
+    # at 32 px the map has 2 x 2 cells of their own: a loss of its own, training still runs
+    bigger = str(tmp_path / "bigger")
+    assert train_main(_args(folder_root, bigger, *common, "data.image_size=32", "pretrain.dense_weight=0.5")) == 0
+    assert os.path.isfile(os.path.join(bigger, "pretrain", "last.pt"))
+
+
+def test_pretrain_init_starts_from_a_checkpoint_backbone_and_head(folder_root, tmp_path):
+    first = str(tmp_path / "first")
+    assert train_main(_args(folder_root, first, "--stage", "pretrain", "model.method=protonet",
+                            "pretrain.head=cosine")) == 0
+    start = load_checkpoint(os.path.join(first, "pretrain", "best.pt"))
+    # a second phase with a vanishing learning rate ends where the first one did
+    second = str(tmp_path / "second")
+    assert train_main(_args(folder_root, second, "--stage", "pretrain", "model.method=protonet",
+                            "pretrain.head=cosine", f"pretrain.init={first}/pretrain/best.pt",
+                            "pretrain.lr=1e-12", "pretrain.weight_decay=0", "pretrain.dense_weight=1")) == 0
+    end = load_checkpoint(os.path.join(second, "pretrain", "last.pt"))
+    weights = [k for k in start["model"] if k.endswith("weight")]
+    assert weights and all(torch.allclose(end["model"][k], start["model"][k], atol=1e-6) for k in weights)
+    assert torch.allclose(end["extra"]["head"]["weight"], start["extra"]["head"]["weight"], atol=1e-6)
+    # without it the same run starts from its own random weights
+    fresh = str(tmp_path / "fresh")
+    assert train_main(_args(folder_root, fresh, "--stage", "pretrain", "model.method=protonet",
+                            "pretrain.head=cosine", "pretrain.lr=1e-12")) == 0
+    other = load_checkpoint(os.path.join(fresh, "pretrain", "last.pt"))
+    assert not torch.allclose(other["extra"]["head"]["weight"], start["extra"]["head"]["weight"], atol=1e-3)
+    assert train_main(_args(folder_root, str(tmp_path / "bad"), "--stage", "pretrain",
+                            "pretrain.init=/nowhere/best.pt")) == 2
+
+
 def test_gpu_augment_trains_both_stages_and_resumes_exactly(folder_root, tmp_path):
     """data.gpu_augment: loaders hand over uint8 images, the trainer augments the batch on the
     device with a generator seeded by the step, so an interrupted run resumes bit for bit

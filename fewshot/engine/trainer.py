@@ -8,7 +8,7 @@ so a run killed at any point and resumed ends with the weights of the uninterrup
 from __future__ import annotations
 
 import os
-from typing import Callable, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -228,6 +228,9 @@ def pretrain(config: Config, resume: Optional[str] = None) -> str:
     optimizer = schedules.sgd(list(model.parameters()) + list(head.parameters()), p.lr, p.momentum,
                      p.nesterov, p.weight_decay)
     scheduler = schedules.scheduler(optimizer, p, steps_per_epoch)
+    if p.init:
+        loaded = load_pretrained(model, p.init, "pretrain.init", {"head": head})
+        log(f"[pretrain] backbone{' and head' if loaded else ''} initialised from {p.init}")
     stage = Stage("pretrain", config, model, {"head": head}, optimizer, scheduler, folder, device)
     path = resume_path(folder, resume)
     if path:
@@ -237,7 +240,7 @@ def pretrain(config: Config, resume: Optional[str] = None) -> str:
     rank, size = ddp.world()
     if p.batch_size % size:
         raise ConfigError(f"pretrain.batch_size {p.batch_size} is not divisible by the {size} processes")
-    net = ddp.wrap(_Classifier(model.backbone, head), device)
+    net = ddp.wrap(_Classifier(model.backbone, head, dense=p.dense_weight > 0), device)
     channels_last = config.run.channels_last
     if channels_last:
         net.to(memory_format=torch.channels_last)
@@ -264,8 +267,11 @@ def pretrain(config: Config, resume: Optional[str] = None) -> str:
             images = augment(images, stage.step, size=schedules.size_at(sizes, stage.epoch))
         if channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
-        logits = net(images)
+        logits, cells = net(images)
         loss = F.cross_entropy(logits, labels, label_smoothing=p.label_smoothing)
+        if cells is not None:                     # every cell of the map classified (dense classification)
+            loss = loss + p.dense_weight * F.cross_entropy(
+                cells, labels.repeat_interleave(len(cells) // len(labels)), label_smoothing=p.label_smoothing)
         if emd_loss is not None:
             loss = loss + p.emd_loss_weight * emd_loss(logits.float(), labels)
         return loss, accuracy(logits, labels), len(labels) * size
@@ -279,14 +285,20 @@ def pretrain(config: Config, resume: Optional[str] = None) -> str:
 
 
 class _Classifier(nn.Module):
-    """Backbone + linear head as one module (what DistributedDataParallel wraps in pretraining)."""
+    """Backbone + classification head as one module (what DistributedDataParallel wraps in
+    pretraining): logits [B, classes] of the pooled features and, with ``dense``, of every
+    cell of the feature map, [B * h * w, classes] (image-major; else None)."""
 
-    def __init__(self, backbone: nn.Module, head: nn.Module):
+    def __init__(self, backbone: nn.Module, head: nn.Module, dense: bool = False):
         super().__init__()
-        self.backbone, self.head = backbone, head
+        self.backbone, self.head, self.dense = backbone, head, dense
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.head(self.backbone(images))
+    def forward(self, images: torch.Tensor) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        if not self.dense:
+            return self.head(self.backbone(images)), None
+        fmap = self.backbone.forward_features(images)                       # [B, C, h, w]
+        cells = fmap.flatten(2).transpose(1, 2).reshape(-1, fmap.shape[1])  # [B * h * w, C]
+        return self.head(fmap.mean((2, 3))), self.head(cells)
 
 
 class _Episodic(nn.Module):
@@ -324,19 +336,31 @@ def _first(items):
     return items[0]
 
 
-def load_pretrained(model: FewShotClassifier, path: str) -> None:
+def load_pretrained(model: FewShotClassifier, path: str, key: str = "meta.pretrained",
+                    extra: Optional[Dict[str, nn.Module]] = None) -> List[str]:
     """Load the backbone (and any matching weights) of a checkpoint, or of a shipped model's
-    name (fine-tuning it on your classes), into ``model``."""
+    name (fine-tuning it on your classes), into ``model``; and each module of ``extra`` (e.g.
+    the pretraining head) from the checkpoint's modules of that name where they fit. Returns
+    the names of ``extra`` that were loaded. Errors name ``key``."""
     from ..api import resolve_checkpoint
-    path = resolve_checkpoint(path, "meta.pretrained")
-    state = load_checkpoint(path)["model"]
+    path = resolve_checkpoint(path, key)
+    checkpoint = load_checkpoint(path)
+    state = checkpoint["model"]
     own = model.state_dict()
     matched = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
     missing = [k for k in own if k.startswith("backbone.") and k not in matched]
     if missing:
-        raise FewShotError(f"meta.pretrained {path!r}: backbone weights {missing[:3]} missing or of "
+        raise FewShotError(f"{key} {path!r}: backbone weights {missing[:3]} missing or of "
                            f"another shape; was it trained with the same backbone?")
     model.load_state_dict(matched, strict=False)
+    loaded = []
+    for name, module in (extra or {}).items():
+        saved = (checkpoint.get("extra") or {}).get(name) or {}
+        own = module.state_dict()
+        if set(saved) == set(own) and all(saved[k].shape == own[k].shape for k in own):
+            module.load_state_dict(saved)
+            loaded.append(name)
+    return loaded
 
 
 def meta_train(config: Config, resume: Optional[str] = None) -> str:
