@@ -72,5 +72,5 @@ def test_decode_only_transform_gives_uint8_and_rejects_other_transforms():
     img = Image.new("RGB", (30, 20), (10, 20, 30))
     t = build_transform("deepemd", 16, train=True, on_device=True)(img)
     assert t.dtype == torch.uint8 and t.shape == (3, 16, 16) and t[0, 0, 0].item() == 10
-    with pytest.raises(ConfigError, match="data.gpu_augment applies to .* 'deepemd'; data.transform is 'grayscale'"):
+    with pytest.raises(ConfigError, match="^gpu_augment: applies to .* 'deepemd'; the transform is 'grayscale'"):
         build_transform("grayscale", 16, train=True, on_device=True)

@@ -98,6 +98,8 @@ TRAIN_CASES = [  # (id, extra arguments (callable of world), culprit in the mess
      "cannot take 3 x 16 x 16 images"),
     ("resnet12_channels_empty", lambda w: ["model.backbone=resnet12", "model.backbone_options=null",
                                            "model.backbone_options.channels=[]"], "channels must be a list"),
+    ("gpu_augment_of_grayscale", lambda w: ["data.transform=grayscale", "data.augment=true", "data.gpu_augment=true"],
+     "data.gpu_augment: applies to the training split of transform 'deepemd'"),
     ("pyramid_level_zero", lambda w: ["model.method=deepemd", "model.options.pyramid=[0]"],
      "model.options.pyramid: expected grid sizes >= 1"),
     ("class_tree_without_weight", lambda w: ["pretrain.class_tree=" + _class_tree(w, [0] + [1] * 6)],

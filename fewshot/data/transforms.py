@@ -5,7 +5,7 @@ from typing import Callable, Tuple
 
 from torchvision import transforms as T
 
-from ..errors import ConfigError
+from ..errors import OptionError
 from .augment import BatchAugment
 
 # Normalisation used by DeepEMD / FEAT for miniImageNet, CUB and tieredImageNet.
@@ -21,7 +21,8 @@ def image_mode(kind: str) -> str:
 
 def build_transform(kind: str = "deepemd", image_size: int = 84, train: bool = False,
                     on_device: bool = False, crop_scale: Tuple[float, float] = (0.08, 1.0)) -> Callable:
-    """Return the transform for one split.
+    """Return the transform for one split (errors name the data options ``transform`` and
+    ``gpu_augment`` that ``kind`` and ``on_device`` come from).
 
     With ``on_device`` (train only; ``deepemd`` only) images are only decoded, to uint8
     [C, image_size, image_size], and :func:`device_augment` augments whole batches on
@@ -34,8 +35,8 @@ def build_transform(kind: str = "deepemd", image_size: int = 84, train: bool = F
     """
     if on_device:
         if kind != "deepemd" or not train:
-            raise ConfigError(f"data.gpu_augment applies to the training split of transform "
-                              f"'deepemd'; data.transform is {kind!r}")
+            raise OptionError("gpu_augment", f"applies to the training split of transform 'deepemd'; "
+                                             f"the transform is {kind!r}")
         return T.Compose([T.Resize([image_size, image_size]), T.PILToTensor()])
     if kind == "deepemd":
         normalize = T.Normalize(MEAN, STD)
@@ -49,7 +50,7 @@ def build_transform(kind: str = "deepemd", image_size: int = 84, train: bool = F
         return T.Compose([T.Resize([image_size, image_size]), T.ToTensor(), T.Normalize(MEAN, STD)])
     if kind == "grayscale":
         return T.Compose([T.Grayscale(1), T.Resize([image_size, image_size]), T.ToTensor()])
-    raise ConfigError(f"data.transform: unknown transform {kind!r}; expected deepemd, plain or grayscale")
+    raise OptionError("transform", f"unknown transform {kind!r}; expected deepemd, plain or grayscale")
 
 
 def device_augment(image_size: int = 84, crop_scale: Tuple[float, float] = (0.08, 1.0)) -> BatchAugment:

@@ -19,7 +19,7 @@ from ..data import EpisodeSampler, ManifestSampler, build_dataset, build_transfo
 from ..data.transforms import image_mode
 from ..data.datasets import ImageDataset
 from ..emd.hierarchy import load_class_tree
-from ..errors import ConfigError, FewShotError
+from ..errors import ConfigError, FewShotError, OptionError
 from ..models import CosineClassifier, FewShotClassifier, create_model
 from . import _distributed as ddp
 from . import schedules
@@ -50,9 +50,12 @@ def load_split(config: Config, split: str, train: bool) -> ImageDataset:
     if d.cache_images:
         ds.enable_cache()
     augment = train and d.augment
-    return ds.with_transform(build_transform(d.transform, d.image_size, train=augment,
-                                             on_device=augment and d.gpu_augment,
-                                             crop_scale=d.crop_scale))
+    try:
+        transform = build_transform(d.transform, d.image_size, train=augment, on_device=augment and d.gpu_augment,
+                                    crop_scale=d.crop_scale)
+    except OptionError as e:
+        raise e.under("data") from None
+    return ds.with_transform(transform)
 
 
 def _device_augmenter(config: Config, rank: int, world: int) -> Optional[Callable]:
