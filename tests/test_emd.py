@@ -535,3 +535,22 @@ def test_a_registered_plugin_declares_its_capabilities_once():
     from fewshot.models import create_model
     model = create_model("deepemd", "conv4", {"hidden": 8}, {"solver": name, "eval_solver": name})
     assert model.head.solver.envelope
+
+
+@pytest.mark.slow
+def test_exact_pivot_budget_grows_with_the_problem():
+    """Two 3,000-point clouds: POT needs more than 100,000 pivots, the old fixed budget
+    (an error that says to raise max_iter); the default budget, max(100,000, M * N), reaches
+    the optimum, certified by its duals (feasible, no duality gap)."""
+    g = torch.Generator().manual_seed(0)
+    n = 3000
+    x, y = torch.randn(n, 3, generator=g, dtype=torch.float64), torch.randn(n, 3, generator=g, dtype=torch.float64)
+    cost = torch.cdist(x, y + 0.5)[None]
+    a = b = torch.full((1, n), 1.0 / n, dtype=torch.float64)
+    with pytest.raises(emd.EMDSolverError, match="raise max_iter"):
+        solve(cost, a, b, solver="exact", engine="pot", max_iter=100_000)
+    r = solve(cost, a, b, solver="exact", engine="pot")
+    f, g_ = r.potentials
+    assert (f[0][:, None] + g_[0][None, :] - cost[0]).max() < 1e-9            # dual feasible
+    assert float(r.value) == pytest.approx(float(f @ a[0] + g_ @ b[0]), rel=1e-9)   # no gap
+    assert torch.allclose(r.plan.sum(2), a) and torch.allclose(r.plan.sum(1), b)
