@@ -1,8 +1,10 @@
 # Shared by the 2-core CPU recipes (sourced with "$@" = DATA_ROOT OUT [key=value ...] after CFG
-# is set; sets D and R and leaves the key=value arguments in "$@"): pretraining, DeepEMD-FCN and ProtoNet meta-training from the same
-# backbone, fixed val manifests (1-shot and 5-shot, episode seed 2: not the seed-1 episodes
-# that selected the checkpoints) and both methods evaluated on them. Defines EVAL, SFC, M1, M5
-# and `finish TITLE` for what the recipe adds afterwards.
+# is set; sets D and R and leaves the key=value arguments in "$@"): pretraining in two phases
+# (the config's schedule, then 2 epochs at full size that also classify every feature-map cell:
+# pretrain.dense_weight, the local features DeepEMD matches), DeepEMD-FCN and ProtoNet
+# meta-training from that backbone (B), fixed val manifests (1-shot and 5-shot, episode seed 2:
+# not the seed-1 episodes that selected the checkpoints) and both methods evaluated on them.
+# Defines B, EVAL, SFC, M1, M5 and `finish TITLE` for what the recipe adds afterwards.
 set -euo pipefail
 D=${1:?usage: $0 DATA_ROOT OUT [key=value ...]}
 R=${2:?usage: $0 DATA_ROOT OUT [key=value ...]}
@@ -22,12 +24,17 @@ source "$(dirname "${BASH_SOURCE[0]}")/_steps.sh"
 start=$SECONDS
 step "$R/pretrain/best.pt" pretrain.log \
   $PY train.py --config $CFG --stage pretrain --data-root "$D" --out "$R" "${TRAIN[@]}" "$@"
+DENSE=(pretrain.init="$R/pretrain/best.pt" pretrain.dense_weight=0.5 pretrain.epochs=2 "pretrain.size_schedule=[]"
+       pretrain.lr=0.01 pretrain.warmup_epochs=0 pretrain.val_every=1)
+step "$R/dense/pretrain/best.pt" pretrain_dense.log \
+  $PY train.py --config $CFG --stage pretrain --data-root "$D" --out "$R/dense" "${DENSE[@]}" "${TRAIN[@]}" "$@"
+B="$R/dense/pretrain/best.pt"       # the backbone every method starts from
 step "$R/meta/best.pt" meta_deepemd.log \
   $PY train.py --config $CFG --way 5 --shot 1 --data-root "$D" --out "$R" \
-  meta.pretrained="$R/pretrain/best.pt" "${TRAIN[@]}" "$@"
+  meta.pretrained="$B" "${TRAIN[@]}" "$@"
 step "$R/protonet/meta/best.pt" meta_protonet.log \
   $PY train.py --config $CFG --way 5 --shot 1 --data-root "$D" --out "$R/protonet" \
-  model.method=protonet model.options=null meta.pretrained="$R/pretrain/best.pt" "${TRAIN[@]}" "$@"
+  model.method=protonet model.options=null meta.pretrained="$B" "${TRAIN[@]}" "$@"
 # the fixed episodes: written once by the first evaluation, then every method runs on them
 M1="$R/val_5way1shot_$E1.json"; M5="$R/val_5way5shot_$E5.json"
 step "$M1" eval.log \

@@ -1,21 +1,28 @@
 #!/usr/bin/env bash
-# Meta-training ablations of the 2-core CPU recipe (what limits DeepEMD-FCN on Conv-4):
-# each variant meta-trains DeepEMD-FCN from the recipe's pretrained backbone and is evaluated
-# on the recipe's fixed 1-shot val manifest, so every row shares backbone and episodes.
+# Ablations of the 2-core CPU recipe (what limits DeepEMD-FCN on Conv-4): each variant
+# meta-trains DeepEMD-FCN from the recipe's first-phase pretrained backbone (or from a second
+# pretraining phase on top of it) and is evaluated on the recipe's fixed 1-shot val manifest, so
+# every row shares episodes and, but for the phase, the backbone.
 #   bash scripts/ablate_meta_cpu.sh PATH/miniimagenet RECIPE_OUT ABLATION_OUT [variant ...]
 # RECIPE_OUT holds pretrain/best.pt and val_5way1shot_1000.json (scripts/recipe_miniimagenet_cpu.sh).
-# Variants (default: all; 500 episodes each unless said): short (the recipe's meta-training),
-# lr2e-3 (4x the learning rate), temp25 (twice the temperature), pyramid (FCN nodes plus pooled
-# 2x2 and 1x1), long (1,500 episodes), way10 (10-way training episodes; evaluation stays 5-way),
-# dense (10x10 FCN nodes: the last block's max-pool dropped, same pretrained weights), dense_pyramid
-# (dense plus pooled 2x2 and 1x1), pyramid_lr2e-3 (pyramid and 4x the learning rate).
+# Every variant starts from the recipe as it was before these ablations (BASE: 500 episodes,
+# meta.lr 5e-4, 5x5 FCN nodes, temperature 12.5, no second phase) and changes what its name says:
+# short (nothing), lr2e-3 (4x the learning rate), temp25 (twice the temperature), pyramid (FCN
+# nodes plus pooled 2x2 and 1x1), long (1,500 episodes), way10 (10-way training episodes;
+# evaluation stays 5-way), dense (10x10 FCN nodes: the last block's max-pool dropped, same
+# pretrained weights), dense_pyramid (dense plus the pyramid), pyramid_lr2e-3 (both); and on a
+# second pretraining phase (2 epochs at 84 px from the first phase's backbone and head, lr 0.01
+# cosine to 0): dft (every feature-map cell classified too, pretrain.dense_weight 0.5), ft84 (the
+# same phase without the dense term: the control), dft_pyramid_lr2e-3 (dft's backbone with the
+# pyramid and 4x the learning rate: the recipe now). A phase's backbone is also evaluated by
+# SimpleShot L2N (nearest centroid of L2-normalised features) on the same episodes.
 set -euo pipefail
 D=${1:?usage: $0 DATA_ROOT RECIPE_OUT ABLATION_OUT [variant ...]}
 RUN=${2:?usage}; R=${3:?usage}; shift 3
 PY=${PYTHON:-.venv/bin/python}
 CFG=configs/conv4_miniimagenet.yaml
 M1=$(ls "$RUN"/val_5way1shot_*.json | head -n 1)
-SHORT=(meta.epochs=10 meta.val_every=2)
+BASE=(meta.epochs=10 meta.val_every=2 meta.lr=5e-4 "model.options.pyramid=[]")
 declare -A V=(
   [short]=""
   [lr2e-3]="meta.lr=2e-3"
@@ -26,16 +33,33 @@ declare -A V=(
   [dense]="model.backbone_options.pool_blocks=3"
   [dense_pyramid]="model.backbone_options.pool_blocks=3 model.options.pyramid=[2,1]"
   [pyramid_lr2e-3]="model.options.pyramid=[2,1] meta.lr=2e-3"
+  [dft]=""
+  [ft84]=""
+  [dft_pyramid_lr2e-3]="model.options.pyramid=[2,1] meta.lr=2e-3"
 )
+declare -A PHASE=([dft]=dft [ft84]=ft84 [dft_pyramid_lr2e-3]=dft)   # variant -> its phase
+declare -A DENSE_WEIGHT=([dft]=0.5 [ft84]=0)                         # phase -> pretrain.dense_weight
 mkdir -p "$R"
 source "$(dirname "$0")/_steps.sh"
-names=("$@"); [ ${#names[@]} = 0 ] && names=(short long lr2e-3 temp25 pyramid way10)
+names=("$@"); [ ${#names[@]} = 0 ] && names=(short long lr2e-3 temp25 pyramid way10 dense dense_pyramid pyramid_lr2e-3 dft ft84 dft_pyramid_lr2e-3)
 for name in "${names[@]}"; do
   [ -n "${V[$name]+x}" ] || { echo "unknown variant: $name (expected one of ${!V[*]})" >&2; exit 2; }
+  B="$RUN/pretrain/best.pt"
+  if [ -n "${PHASE[$name]+x}" ]; then
+    p=${PHASE[$name]}
+    step "$R/$p/pretrain/best.pt" "pretrain_$p.log" \
+      $PY train.py --config $CFG --stage pretrain --data-root "$D" --out "$R/$p" pretrain.init="$B" \
+      pretrain.dense_weight=${DENSE_WEIGHT[$p]} pretrain.epochs=2 "pretrain.size_schedule=[]" pretrain.lr=0.01 \
+      pretrain.warmup_epochs=0 pretrain.val_every=1
+    B="$R/$p/pretrain/best.pt"
+    step "$R/${p}_simpleshot_val_1shot.json" eval.log \
+      $PY eval.py --checkpoint "$B" --episodes-file "$M1" --split val --result "$R/${p}_simpleshot_val_1shot.json" \
+      model.method=protonet model.options=null model.options.normalize=l2n
+  fi
   # shellcheck disable=SC2086
   step "$R/$name/meta/best.pt" "meta_$name.log" \
     $PY train.py --config $CFG --way 5 --shot 1 --data-root "$D" --out "$R/$name" \
-    meta.pretrained="$RUN/pretrain/best.pt" "${SHORT[@]}" ${V[$name]}
+    meta.pretrained="$B" "${BASE[@]}" ${V[$name]}
   step "$R/${name}_val_1shot.json" eval.log \
     $PY eval.py --checkpoint "$R/$name/meta/best.pt" --episodes-file "$M1" --split val \
     --result "$R/${name}_val_1shot.json"

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The 2-core CPU miniImageNet recipe (Conv-4, configs/conv4_miniimagenet.yaml), tuned for
 # time-to-accuracy: pretraining (cosine classifier, progressive resizing 56 -> 70 -> 84 px,
-# cosine schedule), then DeepEMD-FCN (exact EMD) and ProtoNet meta-training from the same
+# cosine schedule; then 2 epochs at 84 px with dense classification), then DeepEMD-FCN (exact
+# EMD; FCN nodes plus pooled 2x2 and 1x1 levels) and ProtoNet meta-training from the same
 # backbone, then every method, and both methods on the pretrained backbone alone, on the same
 # fixed val episodes (a 1-shot and a 5-shot manifest, episode seed 2: not the seed-1 episodes
 # that selected the checkpoints). Each step is skipped when its output exists, so the script
@@ -14,18 +15,18 @@ CFG=configs/conv4_miniimagenet.yaml
 source "$(dirname "$0")/_recipe_cpu.sh"
 # what pretraining alone buys: both methods on the pretrained backbone, no meta-training
 step "$R/pretrained_deepemd_val_1shot.json" eval.log \
-  $PY eval.py --checkpoint "$R/pretrain/best.pt" --episodes-file "$M1" --split val \
+  $PY eval.py --checkpoint "$B" --episodes-file "$M1" --split val \
   --result "$R/pretrained_deepemd_val_1shot.json" "${EVAL[@]}" "$@"
 step "$R/pretrained_protonet_val_1shot.json" eval.log \
-  $PY eval.py --checkpoint "$R/pretrain/best.pt" --episodes-file "$M1" --split val \
+  $PY eval.py --checkpoint "$B" --episodes-file "$M1" --split val \
   --result "$R/pretrained_protonet_val_1shot.json" model.method=protonet model.options=null "${EVAL[@]}" "$@"
 # the nearest-centroid baseline on L2-normalised features (SimpleShot L2N), same backbone
 step "$R/pretrained_simpleshot_l2n_val_1shot.json" eval.log \
-  $PY eval.py --checkpoint "$R/pretrain/best.pt" --episodes-file "$M1" --split val \
+  $PY eval.py --checkpoint "$B" --episodes-file "$M1" --split val \
   --result "$R/pretrained_simpleshot_l2n_val_1shot.json" model.method=protonet model.options=null \
   model.options.normalize=l2n "${EVAL[@]}" "$@"
 step "$R/pretrained_simpleshot_l2n_val_5shot.json" eval.log \
-  $PY eval.py --checkpoint "$R/pretrain/best.pt" --episodes-file "$M5" --split val --shot 5 \
+  $PY eval.py --checkpoint "$B" --episodes-file "$M5" --split val --shot 5 \
   --result "$R/pretrained_simpleshot_l2n_val_5shot.json" model.method=protonet model.options=null \
   model.options.normalize=l2n "${EVAL[@]}" "$@"
 finish "miniImageNet val, 5-way 1-shot, Conv-4, 2 CPU cores" --reference mini

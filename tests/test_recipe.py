@@ -146,6 +146,13 @@ def test_cpu_recipe_smoke(csv_root, tmp_path):
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     log = (out / "pretrain.log").read_text()
     assert "from epoch 0: training images of 16 px" in log and "from epoch 1: training images of 32 px" in log
+    # the second pretraining phase starts from the first one; every method from the second
+    first = str(out / "pretrain" / "best.pt")
+    assert f"backbone and head initialised from {first}" in (out / "pretrain_dense.log").read_text()
+    second = str(out / "dense" / "pretrain" / "best.pt")
+    assert f"backbone initialised from {second}" in (out / "meta_deepemd.log").read_text()
+    assert f"backbone initialised from {second}" in (out / "meta_protonet.log").read_text()
+    assert json.load(open(out / "pretrained_simpleshot_l2n_val_1shot.json"))["checkpoint"] == second
     manifest = json.load(open(out / "val_5way1shot_3.json"))
     for name in ("deepemd_val_1shot", "protonet_val_1shot", "pretrained_deepemd_val_1shot",
                  "pretrained_protonet_val_1shot", "pretrained_simpleshot_l2n_val_1shot"):
@@ -158,7 +165,7 @@ def test_cpu_recipe_smoke(csv_root, tmp_path):
     assert "total:" in (out / "times.txt").read_text()
     assert (out / "curves.png").stat().st_size > 1000
     again = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
-    assert again.returncode == 0 and again.stdout.count("skip:") == 11
+    assert again.returncode == 0 and again.stdout.count("skip:") == 12
 
 
 @pytest.mark.timeout(600)
