@@ -1,6 +1,6 @@
 # Shared by the 2-core CPU recipes (sourced with "$@" = DATA_ROOT OUT [key=value ...] after CFG
 # is set; sets D and R and leaves the key=value arguments in "$@"): pretraining in two phases
-# (the config's schedule, then 2 epochs at full size that also classify every feature-map cell:
+# (the config's schedule, then DENSE_EPOCHS (default 2) epochs at full size that also classify every feature-map cell:
 # pretrain.dense_weight, the local features DeepEMD matches), DeepEMD-FCN and ProtoNet
 # meta-training from that backbone (B), fixed val manifests (1-shot and 5-shot, episode seed 2:
 # not the seed-1 episodes that selected the checkpoints) and both methods evaluated on them.
@@ -24,7 +24,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/_steps.sh"
 start=$SECONDS
 step "$R/pretrain/best.pt" pretrain.log \
   $PY train.py --config $CFG --stage pretrain --data-root "$D" --out "$R" "${TRAIN[@]}" "$@"
-DENSE=(pretrain.init="$R/pretrain/best.pt" pretrain.dense_weight=0.5 pretrain.epochs=2 "pretrain.size_schedule=[]"
+DENSE=(pretrain.init="$R/pretrain/best.pt" pretrain.dense_weight=0.5 pretrain.epochs=${DENSE_EPOCHS:-2} "pretrain.size_schedule=[]"
        pretrain.lr=0.01 pretrain.warmup_epochs=0 pretrain.val_every=1)
 step "$R/dense/pretrain/best.pt" pretrain_dense.log \
   $PY train.py --config $CFG --stage pretrain --data-root "$D" --out "$R/dense" "${DENSE[@]}" "${TRAIN[@]}" "$@"

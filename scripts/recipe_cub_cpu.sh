@@ -8,6 +8,7 @@
 #   bash scripts/recipe_cub_cpu.sh PATH/cub OUT [key=value ...]
 # Env: EPISODES_1SHOT (default 1000), EPISODES_5SHOT (default 600), MINI_RUN, PYTHON, SMOKE=1.
 CFG=configs/conv4_cub.yaml
+DENSE_EPOCHS=${DENSE_EPOCHS:-10}   # the second pretraining phase: ~100 steps, as CUB's epochs are ~10 steps
 source "$(dirname "$0")/_recipe_cpu.sh"
 if [ -n "${MINI_RUN:-}" ]; then   # cross-domain: miniImageNet models on the same CUB episodes
   CUB=(--dataset cub_official --data-root "$D" data.options.bounding_box=true)
