@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from fewshot.data import build_dataset, build_transform, chen_cub_split, datasets
-from fewshot.errors import DataError
+from fewshot.errors import ConfigError, DataError
 
 from conftest import make_csv_layout, write_image
 
@@ -46,7 +46,7 @@ def test_folder_with_split_file(tmp_path, write_json):
     spec = write_json("split.json", {"train": ["class0", "class2"], "val": ["class1", "class3"]})
     ds = build_dataset("folder", root, "val", split_file=spec)
     assert ds.classes == ["class1", "class3"] and len(ds) == 6
-    with pytest.raises(DataError, match="no split folder 'train'"):
+    with pytest.raises(ConfigError, match="^options.split_file: not given.*no split folder 'train'"):
         build_dataset("folder", root, "train")
     bad = write_json("bad.json", {"train": ["nope"]})
     with pytest.raises(DataError, match="nope"):
@@ -213,7 +213,7 @@ def test_a_plain_folder_per_class_tree_works_with_split_all(tmp_path):
             write_image(str(tmp_path / "mine" / c / f"{j}.jpg"), j)
     ds = build_dataset("folder", str(tmp_path / "mine"), "all")
     assert ds.classes == ["cat", "dog", "owl"] and len(ds) == 6
-    with pytest.raises(DataError, match="split 'all' for every class folder"):
+    with pytest.raises(ConfigError, match="split 'all' for every class folder"):
         build_dataset("folder", str(tmp_path / "mine"), "train")
     os.makedirs(tmp_path / "mine" / "empty")
     with pytest.raises(DataError, match=r"\['empty'\] hold no images"):

@@ -509,9 +509,9 @@ def image_folder(root: str, split: str, split_file: str = "") -> ImageDataset:
             raise DataError(f"folder dataset {root!r}: class folder(s) {empty[:3]} hold no images")
         return _from_class_lists(names, files, root)
     if not split_file:
-        raise DataError(f"folder dataset {root!r}: no split folder {split!r} and no "
-                        f"split_file option naming the classes of each split (or use "
-                        f"split 'all' for every class folder under the root)")
+        raise OptionError("split_file", f"not given, and folder dataset {root!r} has no split folder "
+                                        f"{split!r}: give a JSON naming the classes of each split (or use "
+                                        f"split 'all' for every class folder under the root)")
     names = _read_split_json(split_file, split)
     for c in names:
         if not os.path.isdir(os.path.join(root, c)):

@@ -17,7 +17,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..errors import ConfigError, OptionError
+from ..errors import OptionError
 from ..registry import Registry
 from .backbones import Backbone
 
