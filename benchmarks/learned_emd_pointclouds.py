@@ -146,18 +146,11 @@ def upsample(points: torch.Tensor, n: int, g: torch.Generator) -> torch.Tensor:
     return big[:, :n]
 
 
-def markdown(rows) -> str:
-    """The quality table and the speed table (with the time of the fastest exact method, an
-    engine of ``exact`` or Hungarian, over each method's: > 1 means faster than all) of ``rows``."""
-    out = ["| points | shapes | method | Pearson | Spearman | Kendall | mean rel. error | median grad. cosine |",
-           "|---|---|---|---|---|---|---|---|"]
-    for r in (r for r in rows if r["kind"] == "quality"):
-        out.append(f"| {r['points']} | {r['shapes']} | {r['method']} | {r['pearson']:.4f} | {r['spearman']:.4f} | "
-                   f"{r['kendall']:.3f} | {100 * r['mean_relative_error']:.1f}% | {r['median_gradient_cosine']:.3f} |")
-    speed_rows = [r for r in rows if r["kind"] == "speed"]
+def speed_table(speed_rows) -> list:
+    """The speed table's lines (see :func:`markdown`)."""
     sizes = sorted({r["points"] for r in speed_rows})
     names = list(dict.fromkeys(r["method"] for r in speed_rows))
-    out += ["", "ms per pair, one pair, forward (forward+backward); x = fastest exact method / method (forward)",
+    out = ["", "ms per pair, one pair, forward (forward+backward); x = fastest exact method / method (forward)",
             "", "| method | " + " | ".join(f"{n}{'*' if n > 1024 else ''}" for n in sizes) + " |",
             "|---|" + "---|" * len(sizes)]
     def ms(name, n, backward, key="ms_per_pair_single"):
@@ -177,6 +170,20 @@ def markdown(rows) -> str:
         out.append(f"| {name} | " + " | ".join(cells) + " |")
     out.append("")
     out.append("* real clouds upsampled by jitter above 1,024 points")
+    return out
+
+
+def markdown(rows) -> str:
+    """The quality table and the speed table (with the time of the fastest exact method, an
+    engine of ``exact`` or Hungarian, over each method's: > 1 means faster than all) of ``rows``."""
+    out = ["| points | shapes | method | Pearson | Spearman | Kendall | mean rel. error | median grad. cosine |",
+           "|---|---|---|---|---|---|---|---|"]
+    for r in (r for r in rows if r["kind"] == "quality"):
+        out.append(f"| {r['points']} | {r['shapes']} | {r['method']} | {r['pearson']:.4f} | {r['spearman']:.4f} | "
+                   f"{r['kendall']:.3f} | {100 * r['mean_relative_error']:.1f}% | {r['median_gradient_cosine']:.3f} |")
+    speed_rows = [r for r in rows if r["kind"] == "speed"]
+    if speed_rows:
+        out += speed_table(speed_rows)
     for r in (r for r in rows if r["kind"] == "memory"):
         out.append(f"- {r['method']}: forward+backward of {r['batch']} pairs at {r['points']} points: "
                    f"peak memory +{r['peak_growth_mb']:.0f} MB")
