@@ -24,8 +24,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/_steps.sh"
 start=$SECONDS
 step "$R/pretrain/best.pt" pretrain.log \
   $PY train.py --config $CFG --stage pretrain --data-root "$D" --out "$R" "${TRAIN[@]}" "$@"
-DENSE=(pretrain.init="$R/pretrain/best.pt" pretrain.dense_weight=0.5 pretrain.epochs=${DENSE_EPOCHS:-2} "pretrain.size_schedule=[]"
-       pretrain.lr=0.01 pretrain.warmup_epochs=0 pretrain.val_every=1)
+DENSE=(pretrain.init="$R/pretrain/best.pt" pretrain.dense_weight=0.5 pretrain.epochs=${DENSE_EPOCHS:-2} "${PHASE2[@]}")
 step "$R/dense/pretrain/best.pt" pretrain_dense.log \
   $PY train.py --config $CFG --stage pretrain --data-root "$D" --out "$R/dense" "${DENSE[@]}" "${TRAIN[@]}" "$@"
 B="$R/dense/pretrain/best.pt"       # the backbone every method starts from

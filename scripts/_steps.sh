@@ -9,3 +9,6 @@ step() {
   "$@" run.progress=false >>"$R/$logf" 2>&1
   echo "$((SECONDS - t0)) s: $*" | tee -a "$R/times.txt"
 }
+# A second pretraining phase on top of a first (recipes and ablations; add pretrain.init,
+# pretrain.epochs and pretrain.dense_weight): full-size images, lr 0.01 cosine to 0, validated every epoch.
+PHASE2=("pretrain.size_schedule=[]" pretrain.lr=0.01 pretrain.warmup_epochs=0 pretrain.val_every=1)

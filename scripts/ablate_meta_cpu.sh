@@ -49,8 +49,7 @@ for name in "${names[@]}"; do
     p=${PHASE[$name]}
     step "$R/$p/pretrain/best.pt" "pretrain_$p.log" \
       $PY train.py --config $CFG --stage pretrain --data-root "$D" --out "$R/$p" pretrain.init="$B" \
-      pretrain.dense_weight=${DENSE_WEIGHT[$p]} pretrain.epochs=2 "pretrain.size_schedule=[]" pretrain.lr=0.01 \
-      pretrain.warmup_epochs=0 pretrain.val_every=1
+      pretrain.dense_weight=${DENSE_WEIGHT[$p]} pretrain.epochs=2 "${PHASE2[@]}"
     B="$R/$p/pretrain/best.pt"
     step "$R/${p}_simpleshot_val_1shot.json" eval.log \
       $PY eval.py --checkpoint "$B" --episodes-file "$M1" --split val --result "$R/${p}_simpleshot_val_1shot.json" \
