@@ -215,5 +215,7 @@ def test_protonet_l2n_is_nearest_centroid_of_normalised_features():
         logits = model(images[:2])
     centroids = torch.stack([feats[labels == c].mean(0) for c in range(3)])
     torch.testing.assert_close(logits, -torch.cdist(feats[:2], centroids).pow(2))
-    with pytest.raises(ConfigError, match="model.options.normalize"):
+    with pytest.raises(ConfigError, match="^options.normalize: 'cl2' is not one of none, l2n"):
         create_model("protonet", "conv4", {}, {"normalize": "cl2"})
+    with pytest.raises(ConfigError, match="^model.options.normalize: 'cl2'"):
+        create_model("protonet", "conv4", {}, {"normalize": "cl2"}, where="model")
