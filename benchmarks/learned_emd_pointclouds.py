@@ -24,6 +24,7 @@ loaded), for each learned model; memory depends only on the sizes, so the clouds
 from __future__ import annotations
 
 import argparse
+import itertools
 import math
 import os
 import sys
@@ -62,9 +63,12 @@ def hungarian(x, y):
     return torch.tensor(out, dtype=x.dtype)
 
 
-def methods(models, epsilon):
-    table = {name: (lambda x, y, p=path: emd.learned_emd(x, y, checkpoint=p).value)
-             for name, path in models.items()}
+def methods(models, epsilon, gradients=("plan",)):
+    """name -> fn(x, y) -> value [B]; a learned model once per gradient mode (``plan``, the
+    default of ``learned_emd``, keeps the model's name; others add theirs)."""
+    table = {(name if mode == "plan" else f"{name[:-1]}, {mode} gradient)"):
+             (lambda x, y, p=path, m=mode: emd.learned_emd(x, y, checkpoint=p, gradient=m).value)
+             for name, path in models.items() for mode in gradients}
     sinkhorn = emd.make_solver("sinkhorn", {"epsilon": epsilon, "max_iter": 200, "on_unconverged": "ignore"})
     table.update({
         "exact (simplex)": lambda x, y: exact(x, y, "simplex"),
@@ -120,21 +124,21 @@ def speed(fn, x, y, backward: bool, repeat: int):
 _MEMORY = """
 import resource, sys, torch
 from fewshot import emd
-n, batch, path = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+n, batch, path, mode = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4]
 torch.set_num_threads(1)
 g = torch.Generator().manual_seed(0)
 x, y = torch.rand(batch, n, 3, generator=g), torch.rand(batch, n, 3, generator=g)
 emd.learned_emd(x[:1, :8], y[:1, :8], checkpoint=path)           # the model loaded first
 base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-emd.learned_emd(x.requires_grad_(True), y, checkpoint=path).value.sum().backward()
+emd.learned_emd(x.requires_grad_(True), y, checkpoint=path, gradient=mode).value.sum().backward()
 print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024)
 """
 
 
-def peak_growth_mb(n: int, batch: int, checkpoint: str) -> float:
+def peak_growth_mb(n: int, batch: int, checkpoint: str, gradient: str) -> float:
     """Peak resident memory growth (MB) of one learned forward+backward in a fresh process."""
     import subprocess
-    out = subprocess.run([sys.executable, "-c", _MEMORY, str(n), str(batch), checkpoint], check=True,
+    out = subprocess.run([sys.executable, "-c", _MEMORY, str(n), str(batch), checkpoint, gradient], check=True,
                          capture_output=True, text=True, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
     return float(out.stdout.split()[-1])
 
@@ -185,7 +189,7 @@ def markdown(rows) -> str:
     if speed_rows:
         out += speed_table(speed_rows)
     for r in (r for r in rows if r["kind"] == "memory"):
-        out.append(f"- {r['method']}: forward+backward of {r['batch']} pairs at {r['points']} points: "
+        out.append(f"- {r['method']}, {r['gradient']} gradient: forward+backward of {r['batch']} pairs at {r['points']} points: "
                    f"peak memory +{r['peak_growth_mb']:.0f} MB")
     return "\n".join(out)
 
@@ -201,6 +205,8 @@ def main(argv=None) -> int:
                         help="speed (none: skip)")
     parser.add_argument("--memory-sizes", type=int, nargs="*", default=[1024, 2048],
                         help="peak memory of a learned forward+backward of --batch pairs (none: skip)")
+    parser.add_argument("--gradient", nargs="+", default=["plan", "autograd"], choices=["plan", "autograd"],
+                        help="the learned EMD's gradient modes (a row for each in every table)")
     parser.add_argument("--pairs", type=int, default=100)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--hold-out-classes", type=int, default=10)
@@ -223,7 +229,7 @@ def main(argv=None) -> int:
     held = clouds.classes[len(clouds.classes) - args.hold_out_classes:]
     groups = {"seen classes": val.of_classes([c for c in clouds.classes if c not in held]),
               "held-out classes": val.of_classes(held)}
-    table = methods(models, args.epsilon)
+    table = methods(models, args.epsilon, args.gradient)
     rows = []
     for n in args.sizes:
         for group, shapes in groups.items():
@@ -257,9 +263,9 @@ def main(argv=None) -> int:
                 rows.append(row)
                 print(row, flush=True)
     for n in args.memory_sizes:
-        for name, path in models.items():
-            row = {"kind": "memory", "points": n, "method": name, "batch": args.batch,
-                   "peak_growth_mb": peak_growth_mb(n, args.batch, path)}
+        for (name, path), mode in itertools.product(models.items(), args.gradient):
+            row = {"kind": "memory", "points": n, "method": name, "gradient": mode, "batch": args.batch,
+                   "peak_growth_mb": peak_growth_mb(n, args.batch, path, mode)}
             rows.append(row)
             print(row, flush=True)
     write_results(args.json, rows, models=models, epsilon=args.epsilon)

@@ -22,17 +22,17 @@ fi
 mkdir -p "$R"
 source "$(dirname "${BASH_SOURCE[0]}")/_steps.sh"
 start=$SECONDS
-step "$R/pretrain/best.pt" pretrain.log \
-  $PY train.py --config $CFG --stage pretrain --data-root "$D" --out "$R" "${TRAIN[@]}" "$@"
+step "$R/pretrain/done.json" pretrain.log \
+  $PY train.py --resume --config $CFG --stage pretrain --data-root "$D" --out "$R" "${TRAIN[@]}" "$@"
 DENSE=(pretrain.init="$R/pretrain/best.pt" pretrain.dense_weight=0.5 pretrain.epochs=${DENSE_EPOCHS:-2} "${PHASE2[@]}")
-step "$R/dense/pretrain/best.pt" pretrain_dense.log \
-  $PY train.py --config $CFG --stage pretrain --data-root "$D" --out "$R/dense" "${DENSE[@]}" "${TRAIN[@]}" "$@"
+step "$R/dense/pretrain/done.json" pretrain_dense.log \
+  $PY train.py --resume --config $CFG --stage pretrain --data-root "$D" --out "$R/dense" "${DENSE[@]}" "${TRAIN[@]}" "$@"
 B="$R/dense/pretrain/best.pt"       # the backbone every method starts from
-step "$R/meta/best.pt" meta_deepemd.log \
-  $PY train.py --config $CFG --way 5 --shot 1 --data-root "$D" --out "$R" \
+step "$R/meta/done.json" meta_deepemd.log \
+  $PY train.py --resume --config $CFG --way 5 --shot 1 --data-root "$D" --out "$R" \
   meta.pretrained="$B" "${TRAIN[@]}" "$@"
-step "$R/protonet/meta/best.pt" meta_protonet.log \
-  $PY train.py --config $CFG --way 5 --shot 1 --data-root "$D" --out "$R/protonet" \
+step "$R/protonet/meta/done.json" meta_protonet.log \
+  $PY train.py --resume --config $CFG --way 5 --shot 1 --data-root "$D" --out "$R/protonet" \
   model.method=protonet model.options=null meta.pretrained="$B" "${TRAIN[@]}" "$@"
 # the fixed episodes: written once by the first evaluation, then every method runs on them
 M1="$R/val_5way1shot_$E1.json"; M5="$R/val_5way5shot_$E5.json"

@@ -1,6 +1,8 @@
 # Shared by the recipe scripts (sourced): `step OUTPUT LOG command...` runs the command unless
 # OUTPUT exists (so a recipe resumes), appends its output to $R/LOG and its wall time to
-# $R/times.txt.
+# $R/times.txt. A training step's OUTPUT is its stage's done.json (written only when the stage
+# has run all its epochs; best.pt exists from the first validation on) and its command has
+# --resume, so an interrupted stage continues from its last.pt.
 step() {
   local out=$1 logf=$2; shift 2
   if [ -e "$out" ]; then echo "skip: $out exists"; return; fi

@@ -47,8 +47,8 @@ for name in "${names[@]}"; do
   B="$RUN/pretrain/best.pt"
   if [ -n "${PHASE[$name]+x}" ]; then
     p=${PHASE[$name]}
-    step "$R/$p/pretrain/best.pt" "pretrain_$p.log" \
-      $PY train.py --config $CFG --stage pretrain --data-root "$D" --out "$R/$p" pretrain.init="$B" \
+    step "$R/$p/pretrain/done.json" "pretrain_$p.log" \
+      $PY train.py --resume --config $CFG --stage pretrain --data-root "$D" --out "$R/$p" pretrain.init="$B" \
       pretrain.dense_weight=${DENSE_WEIGHT[$p]} pretrain.epochs=2 "${PHASE2[@]}"
     B="$R/$p/pretrain/best.pt"
     step "$R/${p}_simpleshot_val_1shot.json" eval.log \
@@ -56,8 +56,8 @@ for name in "${names[@]}"; do
       model.method=protonet model.options=null model.options.normalize=l2n
   fi
   # shellcheck disable=SC2086
-  step "$R/$name/meta/best.pt" "meta_$name.log" \
-    $PY train.py --config $CFG --way 5 --shot 1 --data-root "$D" --out "$R/$name" \
+  step "$R/$name/meta/done.json" "meta_$name.log" \
+    $PY train.py --resume --config $CFG --way 5 --shot 1 --data-root "$D" --out "$R/$name" \
     meta.pretrained="$B" "${BASE[@]}" ${V[$name]}
   step "$R/${name}_val_1shot.json" eval.log \
     $PY eval.py --checkpoint "$R/$name/meta/best.pt" --episodes-file "$M1" --split val \

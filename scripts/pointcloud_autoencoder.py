@@ -7,7 +7,8 @@ MLP 3 -> 64 -> 128 -> ``--latent``, max-pooled) and an MLP decoder (latent -> 25
 points x 3). Losses between a cloud x [B, N, 3] and its reconstruction y [B, N, 3]:
 
   chamfer    mean over x of the squared distance to the nearest point of y, plus the reverse
-  learned    the learned EMD (``fewshot.emd.learned_emd``: the shipped model unless ``--learned``)
+  learned    the learned EMD (``fewshot.emd.learned_emd``: the shipped model unless ``--learned``,
+             its point-cloud defaults unless ``--learned-option KEY=VALUE`` sets a solver option)
   exact      the exact EMD (``solver="exact"``; gradient = the optimal plan, envelope theorem)
   sinkhorn   entropic OT, log domain (``--epsilon``, ``--sinkhorn-iter`` iterations)
 
@@ -30,8 +31,10 @@ import time
 
 import torch
 import torch.nn as nn
+import yaml
 
 from fewshot import emd
+from fewshot.errors import ConfigError
 from fewshot.data.pointclouds import load_modelnet40, validation_split
 
 LOSSES = ("chamfer", "learned", "exact", "sinkhorn")
@@ -66,12 +69,13 @@ def emd_value(x: torch.Tensor, y: torch.Tensor, solver) -> torch.Tensor:
     return emd.solve(torch.cdist(x, y), w, w, solver=solver).value
 
 
-def make_loss(name: str, epsilon: float, sinkhorn_iter: int, learned: str):
+def make_loss(name: str, epsilon: float, sinkhorn_iter: int, learned: str, learned_options: dict):
     if name == "chamfer":
         return chamfer
     if name == "learned":
-        options = {"checkpoint": learned} if learned else {}
-        return lambda x, y: emd.learned_emd(x, y, **options).value
+        options = {**emd.LEARNED_POINTCLOUD_OPTIONS, "checkpoint": learned or "pointclouds", **learned_options}
+        solver = emd.make_solver("learned", options, where="--learned-option")
+        return lambda x, y: emd_value(x, y, solver)
     solver = emd.make_solver("exact") if name == "exact" else emd.make_solver(
         "sinkhorn", {"epsilon": epsilon, "max_iter": sinkhorn_iter, "on_unconverged": "ignore"})
     return lambda x, y: emd_value(x, y, solver)
@@ -85,7 +89,7 @@ def mean_ci(values: torch.Tensor):
 def train(name: str, train_points: torch.Tensor, args) -> tuple:
     torch.manual_seed(args.seed)
     model = AutoEncoder(args.points, args.latent)
-    loss_fn = make_loss(name, args.epsilon, args.sinkhorn_iter, args.learned)
+    loss_fn = make_loss(name, args.epsilon, args.sinkhorn_iter, args.learned, args.learned_options)
     opt = torch.optim.Adam(model.parameters(), lr=args.lr)
     g = torch.Generator().manual_seed(args.seed)
     history, t = [], time.perf_counter()
@@ -148,11 +152,24 @@ def main(argv=None) -> int:
     parser.add_argument("--epsilon", type=float, default=0.01, help="Sinkhorn epsilon (distances in unit-sphere units)")
     parser.add_argument("--sinkhorn-iter", type=int, default=50)
     parser.add_argument("--learned", default="", help="learned-EMD checkpoint or shipped name (default: the shipped pointclouds model)")
+    parser.add_argument("--learned-option", action="append", default=[], metavar="KEY=VALUE",
+                        help="a learned-EMD solver option over learned_emd's defaults, e.g. gradient=autograd")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     for flag in ("points", "epochs", "batch", "latent", "sinkhorn_iter"):
         if getattr(args, flag) < 1:
             parser.error(f"argument --{flag.replace('_', '-')}: expected >= 1, got {getattr(args, flag)}")
+    args.learned_options = {}
+    for item in args.learned_option:
+        key, eq, value = item.partition("=")
+        if not eq:
+            parser.error(f"argument --learned-option: expected KEY=VALUE, got {item!r}")
+        args.learned_options[key] = yaml.safe_load(value)
+    if "learned" in args.losses:
+        try:
+            make_loss("learned", args.epsilon, args.sinkhorn_iter, args.learned, args.learned_options)
+        except ConfigError as e:
+            parser.error(str(e))
     clouds = load_modelnet40(args.data_root, classes=args.classes, n_points=args.points, seed=args.seed)
     train_set, val_set = validation_split(clouds, args.val_fraction)
     if len(train_set) < args.batch:

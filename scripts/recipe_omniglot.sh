@@ -13,12 +13,12 @@ E=${EPISODES:-1000}
 mkdir -p "$R"
 source "$(dirname "$0")/_steps.sh"
 for method in protonet deepemd; do
-  step "$R/$method/meta/best.pt" "train_$method.log" \
-    $PY train.py --config "configs/omniglot_$method.yaml" --data-root "$D" --out "$R/$method"
+  step "$R/$method/meta/done.json" "train_$method.log" \
+    $PY train.py --resume --config "configs/omniglot_$method.yaml" --data-root "$D" --out "$R/$method"
 done
 # ProtoNet on DeepEMD's backbone (3 x 3 map, average-pooled): the same-backbone comparison
-step "$R/protonet_pool3/meta/best.pt" train_protonet_pool3.log \
-  $PY train.py --config configs/omniglot_protonet.yaml --data-root "$D" --out "$R/protonet_pool3" \
+step "$R/protonet_pool3/meta/done.json" train_protonet_pool3.log \
+  $PY train.py --resume --config configs/omniglot_protonet.yaml --data-root "$D" --out "$R/protonet_pool3" \
   model.backbone_options.pool_blocks=3
 for way in 5 20; do
   step "$R/val_${way}way1shot_$E.json" eval.log \

@@ -312,6 +312,7 @@ def test_solver_options_are_checked_at_construction(name, key, value):
     ("qpth", {"l2_strength": -1}), ("exact", {"engine": "gpu"}), ("tree", {"rho": 0.5}),
     ("chain", {"n_projections": 0}), ("cvxpylayers", {"regularization": -1}),
     ("learned", {"checkpoint": "/nowhere.pt"}), ("learned", {"n_sinkhorn": 0}),
+    ("learned", {"sharpness": 0.0}), ("learned", {"sharpness": math.inf}), ("learned", {"gradient": "implicit"}),
 ])
 def test_solve_rejects_invalid_options_before_solving(name, options):
     """The examples of the issue: each a ConfigError naming the option, not a wrong answer."""

@@ -147,6 +147,14 @@ def test_autoencoder_script_trains_with_every_loss_on_tiny_data(tmp_path):
         assert r["val_exact_emd"][0] > 0 and r["val_chamfer"][0] > 0 and math.isfinite(r["final_train_loss"])
         assert set(r["paired_relative_difference"]) == {"chamfer", "learned", "exact", "sinkhorn"} - {r["loss"]}
     assert (out / "autoencoder.png").stat().st_size > 1000
+    assert doc["args"]["learned_options"] == {}
+    # a learned-EMD option is checked as the solver checks it: one line, exit 2, nothing written
+    for bad, says in (("sharpness=0", "--learned-option.sharpness: expected a finite number > 0"),
+                      ("gradient", "expected KEY=VALUE"), ("temperature=2", "unknown option(s) 'temperature'")):
+        run = subprocess.run([sys.executable, script, "--data-root", str(root), "--out", str(tmp_path / "bad"),
+                              "--learned-option", bad], capture_output=True, text=True, timeout=600)
+        assert run.returncode == 2 and says in run.stderr and "Traceback" not in run.stderr, run.stderr
+        assert not (tmp_path / "bad").exists()
 
 
 def test_learned_emd_trains_on_real_cloud_pairs(tmp_path):
@@ -197,8 +205,13 @@ def test_pointcloud_benchmark_runs_on_tiny_data(tmp_path):
     assert run.returncode == 0, run.stderr[-2000:]
     rows = json.loads(out.read_text())["rows"]
     quality = {(r["method"], r["shapes"]) for r in rows if r["kind"] == "quality"}
-    assert quality == {(m, s) for m in ("learned (cosine)", "learned (pointclouds)", "sinkhorn", "chamfer")
-                       for s in ("seen classes", "held-out classes")}
+    learned = ("learned (cosine)", "learned (pointclouds)", "learned (cosine, autograd gradient)",
+               "learned (pointclouds, autograd gradient)")
+    assert quality == {(m, s) for m in learned + ("sinkhorn", "chamfer") for s in ("seen classes", "held-out classes")}
+    by_mode = {r["method"]: r for r in rows if r["kind"] == "quality" and r["shapes"] == "seen classes"}
+    for name in ("cosine", "pointclouds"):      # one plan, two gradients: the value columns agree
+        assert by_mode[f"learned ({name})"]["pearson"] == pytest.approx(
+            by_mode[f"learned ({name}, autograd gradient)"]["pearson"], abs=1e-6)
     speed = [r for r in rows if r["kind"] == "speed"]
     assert {r["method"] for r in speed} >= {"exact (simplex)", "exact (pot)", "exact (assignment)", "hungarian"}
     assert not [r for r in speed if r["method"] == "hungarian" and r["points"] == 64]       # its cap
@@ -206,6 +219,7 @@ def test_pointcloud_benchmark_runs_on_tiny_data(tmp_path):
     assert all(r["upsampled"] == (r["points"] == 64) for r in speed)
     assert "| learned (pointclouds) |" in run.stdout and "| 16 | seen classes | chamfer |" in run.stdout
     memory = [r for r in rows if r["kind"] == "memory"]
-    assert {r["method"] for r in memory} == {"learned (cosine)", "learned (pointclouds)"}
+    assert {(r["method"], r["gradient"]) for r in memory} == {(f"learned ({m})", g) for m in ("cosine", "pointclouds")
+                                                             for g in ("plan", "autograd")}
     assert all(r["points"] == 64 and r["batch"] == 2 and r["peak_growth_mb"] >= 0 for r in memory)
     assert "2 pairs at 64 points: peak memory" in run.stdout

@@ -166,6 +166,14 @@ def test_cpu_recipe_smoke(csv_root, tmp_path):
     assert (out / "curves.png").stat().st_size > 1000
     again = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
     assert again.returncode == 0 and again.stdout.count("skip:") == 12
+    # a stage that did not finish (best.pt written, done.json not) runs again, from its last.pt
+    done = json.load(open(out / "meta" / "done.json"))
+    assert done["stage"] == "meta" and done["epochs"] == 2 and done["steps"] == 4
+    os.remove(out / "meta" / "done.json")
+    third = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
+    assert third.returncode == 0 and third.stdout.count("skip:") == 11
+    assert f"resumed from {out / 'meta' / 'last.pt'} at epoch 2, step 4" in (out / "meta_deepemd.log").read_text()
+    assert json.load(open(out / "meta" / "done.json")) == done
 
 
 @pytest.mark.timeout(600)

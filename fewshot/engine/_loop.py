@@ -2,6 +2,7 @@
 ``last.pt`` / ``best.pt`` checkpoints and ``--max-steps``."""
 from __future__ import annotations
 
+import json
 import os
 import time
 from typing import Callable, Dict, Iterable, Optional
@@ -14,6 +15,8 @@ from . import _distributed as ddp
 from . import checkpoint
 from ._state import Stage, log
 from .evaluate import format_result, progress_bars
+
+DONE = "done.json"   # written in a stage's folder when it has run all its epochs
 
 
 def run_epochs(stage: Stage, epochs: int, steps_per_epoch: int,
@@ -117,4 +120,7 @@ def run_epochs(stage: Stage, epochs: int, steps_per_epoch: int,
     bar.close()
     if main:
         writer.close()
+        if not stopped:           # the stage ran to its end: what scripts wait for before the next step
+            checkpoint.atomic_write_text(os.path.join(stage.folder, DONE), json.dumps(
+                {"stage": stage.name, "epochs": stage.epoch, "steps": stage.step, "best_val": stage.best}) + "\n")
     log(f"[{stage.name}] done: best val {stage.best:.2f} %; checkpoints in {stage.folder}")
