@@ -33,9 +33,9 @@ receive none.
 point-cloud model was trained at 128 points; on larger clouds the points lie closer together
 and its plan is too soft, so its cost lies above the optimum. :func:`learned_emd` (the
 point-cloud loss) uses ``POINTCLOUD_OPTIONS``: k = 3 with 100 Sinkhorn normalisations (enough
-to converge at that sharpness) and the ``plan`` gradient, which on real ModelNet40 pairs at
-1,024 points bring the mean relative error from 10% to 4% and the median cosine of
-d value / d x with the exact gradient from 0.77 to 0.92 (benchmarks/README.md); the backward
+to converge at that sharpness) and the ``plan`` gradient, which on real ModelNet40 validation
+pairs at 1,024 points bring the mean relative error from 12% to 4.5% and the median cosine of
+d value / d x with the exact gradient from 0.78 to 0.93 (benchmarks/README.md); the backward
 pass also skips the network.
 """
 from __future__ import annotations
