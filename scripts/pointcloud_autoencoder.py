@@ -73,7 +73,7 @@ def make_loss(name: str, epsilon: float, sinkhorn_iter: int, learned: str, learn
     if name == "chamfer":
         return chamfer
     if name == "learned":
-        options = {**emd.LEARNED_POINTCLOUD_OPTIONS, "checkpoint": learned or "pointclouds", **learned_options}
+        options = emd.learned_pointcloud_options({"checkpoint": learned, **learned_options})
         solver = emd.make_solver("learned", options, where="--learned-option")
         return lambda x, y: emd_value(x, y, solver)
     solver = emd.make_solver("exact") if name == "exact" else emd.make_solver(

@@ -24,8 +24,8 @@ from ..errors import ConfigError, OptionError
 from ..registry import Registry
 from . import _chain, _cvxpylayers, _exact, _learned, _qpth, _sinkhorn, _tree
 from ._chain import chain_emd, monotone_plan
-from ._learned import POINTCLOUD_OPTIONS as LEARNED_POINTCLOUD_OPTIONS, SHIPPED_MODELS as LEARNED_MODELS, \
-    MatchingTransformer, learned_emd
+from ._learned import SHIPPED_MODELS as LEARNED_MODELS, MatchingTransformer, learned_emd, \
+    pointcloud_options as learned_pointcloud_options
 from ._problem import EMDInputError, EMDResult, EMDSolverError
 from ._solver import Option, Solver, SolverSpec, build, spec_from_signature
 from .hierarchy import ClassTree, TreeEMDLoss, tree_emd
@@ -102,4 +102,4 @@ def solve(cost: torch.Tensor, a: torch.Tensor, b: torch.Tensor, solver: Union[st
 __all__ = ["solve", "solvers", "make_solver", "spec", "register_solver", "SOLVERS", "Solver", "SolverSpec",
            "Option", "EMDResult", "EMDInputError", "EMDSolverError", "ClassTree", "TreeEMDLoss", "tree_emd",
            "chain_emd", "monotone_plan", "MatchingTransformer",
-           "learned_emd", "LEARNED_MODELS", "LEARNED_POINTCLOUD_OPTIONS"]
+           "learned_emd", "LEARNED_MODELS", "learned_pointcloud_options"]

@@ -248,8 +248,7 @@ def solve_learned(cost: torch.Tensor, a: torch.Tensor, b: torch.Tensor, checkpoi
     if model is None:
         model = load_model(model_path(checkpoint), cost.device, cost.dtype)
     with torch.no_grad() if gradient == "plan" else contextlib.nullcontext():
-        logits = model(cost, a, b)
-        plan = round_to_polytope(project(logits * sharpness if sharpness != 1 else logits, a, b, n_sinkhorn), a, b)
+        plan = round_to_polytope(project(model(cost, a, b) * sharpness, a, b, n_sinkhorn), a, b)
     marginal = ((plan.sum(2) - a).abs().sum(1) + (plan.sum(1) - b).abs().sum(1)) / a.sum(1)
     return EMDResult(plan=plan, value=(plan * cost).sum((1, 2)), solver="learned",
                      info={"marginal_error": marginal.detach(), "n_sinkhorn": n_sinkhorn, "gradient": gradient})
@@ -264,15 +263,21 @@ def learned_emd(x: torch.Tensor, y: torch.Tensor, a: Optional[torch.Tensor] = No
     and ``POINTCLOUD_OPTIONS`` (see the module docstring)."""
     from . import solve
     B, M, N = x.shape[0], x.shape[1], y.shape[1]
-    if not options.get("checkpoint") and options.get("model") is None:
-        options["checkpoint"] = "pointclouds"
-    for key, value in POINTCLOUD_OPTIONS.items():
-        options.setdefault(key, value)
     if a is None:
         a = torch.full((B, M), 1.0 / M, device=x.device, dtype=x.dtype)
     if b is None:
         b = torch.full((B, N), 1.0 / N, device=x.device, dtype=x.dtype) * (a.sum(1, keepdim=True))
-    return solve(torch.cdist(x, y), a, b, solver="learned", **options)
+    return solve(torch.cdist(x, y), a, b, solver="learned", **pointcloud_options(options))
+
+
+def pointcloud_options(options: dict) -> dict:
+    """The ``learned`` solver's options for point clouds (what :func:`learned_emd` solves with):
+    ``options`` over ``POINTCLOUD_OPTIONS``, the shipped ``pointclouds`` model unless a
+    ``checkpoint`` or ``model`` is given."""
+    options = {**POINTCLOUD_OPTIONS, **options}
+    if not options.get("checkpoint") and options.get("model") is None:
+        options["checkpoint"] = "pointclouds"
+    return options
 
 
 # ----------------------------------------------------------------------------- training
