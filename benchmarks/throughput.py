@@ -48,11 +48,20 @@ PRETRAIN = [  # name, settings
                                  compile=True)),
     ("new at 70 px", dict(layout="cl", augment="batch", order="pool_relu", head="cosine", malloc=True, size=70)),
     ("new at 56 px", dict(layout="cl", augment="batch", order="pool_relu", head="cosine", malloc=True, size=56)),
+    ("new, bf16 autocast", dict(layout="cl", augment="batch", order="pool_relu", head="cosine", malloc=True,
+                                bf16=True)),
+    ("new, bf16 autocast, NCHW", dict(layout="nchw", augment="batch", order="pool_relu", head="cosine", malloc=True,
+                                      bf16=True)),
+    ("new, bf16 autocast at 70 px", dict(layout="cl", augment="batch", order="pool_relu", head="cosine",
+                                         malloc=True, size=70, bf16=True)),
+    ("new, bf16 autocast at 56 px", dict(layout="cl", augment="batch", order="pool_relu", head="cosine",
+                                         malloc=True, size=56, bf16=True)),
 ]
 META = [
     ("plain", dict(layout="nchw", augment="none", order="relu_pool", malloc=False)),
     ("previous", dict(layout="cl", augment="loader", order="relu_pool", malloc=False)),
     ("new", dict(layout="cl", augment="batch", order="pool_relu", malloc=True)),
+    ("new, bf16 autocast", dict(layout="cl", augment="batch", order="pool_relu", malloc=True, bf16=True)),
 ]
 
 
@@ -142,12 +151,13 @@ def _worker(spec) -> dict:
         images, labels = next(data)
         if cl:
             images = images.contiguous(memory_format=torch.channels_last)
-        if spec["kind"] == "pretrain":
-            loss = F.cross_entropy(forward(images), labels)
-        else:
-            support_labels = torch.arange(5)
-            logits = net.episode_logits(images[:5], support_labels, images[5:])
-            loss = F.cross_entropy(logits, torch.arange(5).repeat_interleave(15))
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bool(spec.get("bf16"))):
+            if spec["kind"] == "pretrain":
+                loss = F.cross_entropy(forward(images), labels)
+            else:
+                support_labels = torch.arange(5)
+                logits = net.episode_logits(images[:5], support_labels, images[5:])
+                loss = F.cross_entropy(logits, torch.arange(5).repeat_interleave(15))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

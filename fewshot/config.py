@@ -111,7 +111,7 @@ class RunConfig:
     seed: int = 1
     device: str = "auto"                # auto | cpu | cuda | cuda:N
     out: str = "runs/default"
-    amp: bool = False                   # mixed precision (CUDA only)
+    amp: bool = False                   # mixed precision: float16 on CUDA, bfloat16 on the CPU
     channels_last: bool = False         # channels-last memory format (convolutions; any device)
     max_steps: int = 0                  # stop a stage after this many optimisation steps (0 = no limit)
     log_every: int = 10

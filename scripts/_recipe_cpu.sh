@@ -5,6 +5,10 @@
 # meta-training from that backbone (B), fixed val manifests (1-shot and 5-shot, episode seed 2:
 # not the seed-1 episodes that selected the checkpoints) and both methods evaluated on them.
 # Defines B, EVAL, SFC, M1, M5 and `finish TITLE` for what the recipe adds afterwards.
+# Env AMP=auto|1|0 (default auto): both pretraining phases under bfloat16 autocast
+# (run.amp=true; ~1.7-1.9x the images/s, benchmarks/README.md) where the CPU has bfloat16
+# instructions (avx512_bf16 or amx_bf16; elsewhere bfloat16 is emulated and slower);
+# meta-training and evaluation stay in float32. The CPU and the choice go to times.txt.
 set -euo pipefail
 D=${1:?usage: $0 DATA_ROOT OUT [key=value ...]}
 R=${2:?usage: $0 DATA_ROOT OUT [key=value ...]}
@@ -19,14 +23,24 @@ if [ "${SMOKE:-0}" = 1 ]; then   # a few steps of every stage on tiny images: wh
 else
   TRAIN=(); EVAL=(); SFC=()
 fi
+AMP_ASKED=${AMP:-auto}
+case "$AMP_ASKED" in
+  auto) AMP=0; if grep -qwE 'avx512_bf16|amx_bf16' /proc/cpuinfo 2>/dev/null; then AMP=1; fi ;;
+  0|1) ;;
+  *) echo "AMP must be auto, 1 or 0, not '$AMP_ASKED'" >&2; exit 2 ;;
+esac
+PRE=(); [ "$AMP" = 1 ] && PRE=(run.amp=true)
 mkdir -p "$R"
+{ echo "cpu: $(grep -m1 'model name' /proc/cpuinfo 2>/dev/null | cut -d: -f2- | sed 's/^ //'), $(nproc) cores;" \
+    "flags: $(grep -m1 -ow -E 'avx2|avx512f|avx512_bf16|amx_bf16' /proc/cpuinfo 2>/dev/null | sort -u | tr '\n' ' ')"
+  echo "pretraining bfloat16 autocast: $AMP (AMP=$AMP_ASKED)"; } >> "$R/times.txt"
 source "$(dirname "${BASH_SOURCE[0]}")/_steps.sh"
 start=$SECONDS
 step "$R/pretrain/done.json" pretrain.log \
-  $PY train.py --resume --config $CFG --stage pretrain --data-root "$D" --out "$R" "${TRAIN[@]}" "$@"
+  $PY train.py --resume --config $CFG --stage pretrain --data-root "$D" --out "$R" "${PRE[@]}" "${TRAIN[@]}" "$@"
 DENSE=(pretrain.init="$R/pretrain/best.pt" pretrain.dense_weight=0.5 pretrain.epochs=${DENSE_EPOCHS:-2} "${PHASE2[@]}")
 step "$R/dense/pretrain/done.json" pretrain_dense.log \
-  $PY train.py --resume --config $CFG --stage pretrain --data-root "$D" --out "$R/dense" "${DENSE[@]}" "${TRAIN[@]}" "$@"
+  $PY train.py --resume --config $CFG --stage pretrain --data-root "$D" --out "$R/dense" "${DENSE[@]}" "${PRE[@]}" "${TRAIN[@]}" "$@"
 B="$R/dense/pretrain/best.pt"       # the backbone every method starts from
 step "$R/meta/done.json" meta_deepemd.log \
   $PY train.py --resume --config $CFG --way 5 --shot 1 --data-root "$D" --out "$R" \

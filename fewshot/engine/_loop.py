@@ -37,6 +37,8 @@ def run_epochs(stage: Stage, epochs: int, steps_per_epoch: int,
     writer = SummaryWriter(os.path.join(stage.folder, "tb"), purge_step=stage.step + 1 if stage.step else None) \
         if main else None
     last_path, best_path = os.path.join(stage.folder, "last.pt"), os.path.join(stage.folder, "best.pt")
+    # run.amp: float16 autocast with loss scaling on CUDA, bfloat16 autocast (no scaling) on the CPU
+    amp_dtype = torch.float16 if stage.device.type == "cuda" else torch.bfloat16
     scaler = torch.amp.GradScaler("cuda", enabled=cfg.amp and stage.device.type == "cuda")
     total = epochs * steps_per_epoch
     if cfg.max_steps:
@@ -84,7 +86,7 @@ def run_epochs(stage: Stage, epochs: int, steps_per_epoch: int,
             if cfg.max_steps and stage.step >= cfg.max_steps:
                 stopped = True
                 break
-            with torch.autocast(stage.device.type, enabled=scaler.is_enabled()):
+            with torch.autocast(stage.device.type, dtype=amp_dtype, enabled=cfg.amp):
                 loss, acc, items = step_fn(batch)
             if not torch.isfinite(loss):
                 raise FewShotError(f"[{stage.name}] the training loss is {loss.item()} at step "
