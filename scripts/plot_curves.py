@@ -66,11 +66,13 @@ def main(argv=None) -> int:
     for value, text in REFERENCES.get(args.reference, []):
         ax.axhline(value, color="grey", lw=0.8, ls="--")
         ax.text(0.5, value + 0.3, text, fontsize=7, color="grey")
-    for path in sorted(glob.glob(os.path.join(args.run, "*_val_1shot.json"))):
-        result = json.load(open(path))
-        name = os.path.basename(path)[:-len("_val_1shot.json")]
+    results = [json.load(open(path)) | {"name": os.path.basename(path)[:-len("_val_1shot.json")]}
+               for path in sorted(glob.glob(os.path.join(args.run, "*_val_1shot.json")))]
+    label_at = None                  # labels from the top down, at least 0.45 points apart
+    for result in sorted(results, key=lambda r: -r["accuracy"]):
         ax.errorbar([end * 1.04], [result["accuracy"]], yerr=[result["ci95"]], fmt="s", ms=4, capsize=2)
-        ax.annotate(f"{name} {result['accuracy']:.1f}", (end * 1.05, result["accuracy"]), fontsize=7,
+        label_at = result["accuracy"] if label_at is None else min(result["accuracy"], label_at - 0.45)
+        ax.annotate(f"{result['name']} {result['accuracy']:.1f}", (end * 1.05, label_at), fontsize=7,
                     va="center")
     ax.set_xlabel("wall-clock minutes since pretraining started")
     ax.set_ylabel("val accuracy (%)")

@@ -140,12 +140,17 @@ def test_cpu_recipe_smoke(csv_root, tmp_path):
     resizing in pretraining, DeepEMD and ProtoNet meta-training, every evaluation on shared
     manifests, times and learning curves; a second invocation skips every step."""
     out = tmp_path / "run"
-    env = dict(os.environ, SMOKE="1", PYTHON=sys.executable)
+    env = dict(os.environ, SMOKE="1", PYTHON=sys.executable, AMP="1")
     cmd = ["bash", os.path.join(ROOT, "scripts", "recipe_miniimagenet_cpu.sh"), csv_root, str(out)]
     run = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     log = (out / "pretrain.log").read_text()
     assert "from epoch 0: training images of 16 px" in log and "from epoch 1: training images of 32 px" in log
+    # AMP=1: both pretraining phases under bfloat16 autocast, meta-training in float32
+    assert "mixed precision: bfloat16 autocast on cpu" in log
+    assert "mixed precision: bfloat16 autocast on cpu" in (out / "pretrain_dense.log").read_text()
+    assert "mixed precision" not in (out / "meta_deepemd.log").read_text()
+    assert "pretraining bfloat16 autocast: 1 (AMP=1)" in (out / "times.txt").read_text()
     # the second pretraining phase starts from the first one; every method from the second
     first = str(out / "pretrain" / "best.pt")
     assert f"backbone and head initialised from {first}" in (out / "pretrain_dense.log").read_text()
@@ -174,6 +179,38 @@ def test_cpu_recipe_smoke(csv_root, tmp_path):
     assert third.returncode == 0 and third.stdout.count("skip:") == 11
     assert f"resumed from {out / 'meta' / 'last.pt'} at epoch 2, step 4" in (out / "meta_deepemd.log").read_text()
     assert json.load(open(out / "meta" / "done.json")) == done
+
+
+def test_recipe_refuses_a_bad_amp_setting(tmp_path):
+    env = dict(os.environ, SMOKE="1", PYTHON=sys.executable, AMP="yes")
+    run = subprocess.run(["bash", os.path.join(ROOT, "scripts", "recipe_miniimagenet_cpu.sh"), str(tmp_path),
+                          str(tmp_path / "run")], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert run.returncode == 2 and run.stderr.strip() == "AMP must be auto, 1 or 0, not 'yes'"
+    assert not (tmp_path / "run").exists()
+
+
+def test_cpu_amp_is_bfloat16_autocast(folder_root, tmp_path):
+    """run.amp=true on the CPU trains under bfloat16 autocast: the first step's loss is the
+    float32 run's within bfloat16 rounding, but not equal to it (the setting is not ignored)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from fewshot.cli import train_main
+
+    def first_loss(amp):
+        out = tmp_path / f"amp_{amp}"
+        args = ["--config", os.path.join(ROOT, "configs", "protonet_demo.yaml"), "--data-root", folder_root,
+                "--out", str(out), "--device", "cpu", "--stage", "pretrain", "data.image_size=16",
+                "pretrain.epochs=1", "pretrain.batch_size=8", "pretrain.val_episodes=2", "eval.n_query=2",
+                "run.progress=false", "run.log_every=1", "run.max_steps=1", "run.channels_last=true",
+                f"run.amp={str(amp).lower()}"]
+        assert train_main(args) == 0
+        acc = EventAccumulator(str(out / "pretrain" / "tb"), size_guidance={"scalars": 0})
+        acc.Reload()
+        return acc.Scalars("train/loss")[0].value
+
+    full, mixed = first_loss(False), first_loss(True)
+    assert math.isfinite(mixed) and mixed != full
+    assert abs(mixed - full) < 0.05 * abs(full)
 
 
 @pytest.mark.timeout(600)

@@ -40,6 +40,8 @@ def run_epochs(stage: Stage, epochs: int, steps_per_epoch: int,
     # run.amp: float16 autocast with loss scaling on CUDA, bfloat16 autocast (no scaling) on the CPU
     amp_dtype = torch.float16 if stage.device.type == "cuda" else torch.bfloat16
     scaler = torch.amp.GradScaler("cuda", enabled=cfg.amp and stage.device.type == "cuda")
+    if cfg.amp:
+        log(f"[{stage.name}] mixed precision: {str(amp_dtype).replace('torch.', '')} autocast on {stage.device.type}")
     total = epochs * steps_per_epoch
     if cfg.max_steps:
         total = min(total, cfg.max_steps)
