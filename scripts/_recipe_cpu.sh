@@ -3,7 +3,8 @@
 # (the config's schedule, then DENSE_EPOCHS (default 2) epochs at full size that also classify every feature-map cell:
 # pretrain.dense_weight, the local features DeepEMD matches), DeepEMD-FCN and ProtoNet
 # meta-training from that backbone (B), fixed val manifests (1-shot and 5-shot, episode seed 2:
-# not the seed-1 episodes that selected the checkpoints) and both methods evaluated on them.
+# not the seed-1 episodes that selected the checkpoints), both methods evaluated on them, and
+# SimpleShot L2N (nearest centroid of L2-normalised features) on the same backbone and episodes.
 # Defines B, EVAL, SFC, M1, M5 and `finish TITLE` for what the recipe adds afterwards.
 # Env AMP=auto|1|0 (default auto): both pretraining phases under bfloat16 autocast
 # (run.amp=true; ~1.7-1.9x the images/s, benchmarks/README.md) where the CPU has bfloat16
@@ -62,6 +63,14 @@ step "$R/protonet_val_1shot.json" eval.log \
 step "$R/deepemd_val_5shot.json" eval.log \
   $PY eval.py --checkpoint "$R/meta/best.pt" --episodes-file "$M5" --split val --shot 5 \
   --result "$R/deepemd_val_5shot.json" "${EVAL[@]}" "${SFC[@]}" "$@"
+# the nearest-centroid baseline on L2-normalised features (SimpleShot L2N), same backbone
+for shot in 1 5; do
+  M=$M1; [ $shot = 5 ] && M=$M5
+  step "$R/pretrained_simpleshot_l2n_val_${shot}shot.json" eval.log \
+    $PY eval.py --checkpoint "$B" --episodes-file "$M" --split val --shot $shot \
+    --result "$R/pretrained_simpleshot_l2n_val_${shot}shot.json" model.method=protonet model.options=null \
+    model.options.normalize=l2n "${EVAL[@]}" "$@"
+done
 
 finish() {  # finish TITLE [plot_curves.py options]: total wall time, learning curves, the accuracies
   echo "total: $((SECONDS - start)) s of this invocation" | tee -a "$R/times.txt"

@@ -20,13 +20,4 @@ step "$R/pretrained_deepemd_val_1shot.json" eval.log \
 step "$R/pretrained_protonet_val_1shot.json" eval.log \
   $PY eval.py --checkpoint "$B" --episodes-file "$M1" --split val \
   --result "$R/pretrained_protonet_val_1shot.json" model.method=protonet model.options=null "${EVAL[@]}" "$@"
-# the nearest-centroid baseline on L2-normalised features (SimpleShot L2N), same backbone
-step "$R/pretrained_simpleshot_l2n_val_1shot.json" eval.log \
-  $PY eval.py --checkpoint "$B" --episodes-file "$M1" --split val \
-  --result "$R/pretrained_simpleshot_l2n_val_1shot.json" model.method=protonet model.options=null \
-  model.options.normalize=l2n "${EVAL[@]}" "$@"
-step "$R/pretrained_simpleshot_l2n_val_5shot.json" eval.log \
-  $PY eval.py --checkpoint "$B" --episodes-file "$M5" --split val --shot 5 \
-  --result "$R/pretrained_simpleshot_l2n_val_5shot.json" model.method=protonet model.options=null \
-  model.options.normalize=l2n "${EVAL[@]}" "$@"
 finish "miniImageNet val, 5-way 1-shot, Conv-4, 2 CPU cores" --reference mini

@@ -246,6 +246,9 @@ def test_cub_recipe_smoke_with_cross_domain(cub_official_root, tmp_path):
             assert own["dataset"] == cross["dataset"] == "cub_official"
             assert own["episodes"] == cross["episodes"] == episodes and cross["n_shot"] == shot
             assert cross["checkpoint"].startswith(str(mini))
+        simpleshot = json.load(open(out / f"pretrained_simpleshot_l2n_val_{shot}shot.json"))
+        assert simpleshot["episodes"] == episodes and simpleshot["n_shot"] == shot
+        assert simpleshot["checkpoint"] == str(out / "dense" / "pretrain" / "best.pt")
 
 
 def test_protonet_l2n_is_nearest_centroid_of_normalised_features():
