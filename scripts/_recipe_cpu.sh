@@ -24,16 +24,16 @@ if [ "${SMOKE:-0}" = 1 ]; then   # a few steps of every stage on tiny images: wh
 else
   TRAIN=(); EVAL=(); SFC=()
 fi
+FLAGS=" $( (grep -m1 -ow -E 'avx2|avx512f|avx512_bf16|amx_bf16' /proc/cpuinfo 2>/dev/null || true) | sort -u | tr '\n' ' ')"
 AMP_ASKED=${AMP:-auto}
 case "$AMP_ASKED" in
-  auto) AMP=0; if grep -qwE 'avx512_bf16|amx_bf16' /proc/cpuinfo 2>/dev/null; then AMP=1; fi ;;
+  auto) case "$FLAGS" in *" avx512_bf16 "*|*" amx_bf16 "*) AMP=1 ;; *) AMP=0 ;; esac ;;
   0|1) ;;
   *) echo "AMP must be auto, 1 or 0, not '$AMP_ASKED'" >&2; exit 2 ;;
 esac
 PRE=(); [ "$AMP" = 1 ] && PRE=(run.amp=true)
 mkdir -p "$R"
-{ echo "cpu: $(grep -m1 'model name' /proc/cpuinfo 2>/dev/null | cut -d: -f2- | sed 's/^ //'), $(nproc) cores;" \
-    "flags: $(grep -m1 -ow -E 'avx2|avx512f|avx512_bf16|amx_bf16' /proc/cpuinfo 2>/dev/null | sort -u | tr '\n' ' ')"
+{ echo "cpu: $(grep -m1 'model name' /proc/cpuinfo 2>/dev/null | cut -d: -f2- | sed 's/^ //'), $(nproc) cores; flags:$FLAGS"
   echo "pretraining bfloat16 autocast: $AMP (AMP=$AMP_ASKED)"; } >> "$R/times.txt"
 source "$(dirname "${BASH_SOURCE[0]}")/_steps.sh"
 start=$SECONDS

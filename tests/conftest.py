@@ -1,4 +1,5 @@
-"""Tiny generated datasets in every supported layout (no real data needed)."""
+"""Tiny generated datasets in every supported layout (no real data needed), and reading a
+run's logged training losses."""
 from __future__ import annotations
 
 import json
@@ -122,3 +123,11 @@ def write_json(tmp_path):
         path.write_text(json.dumps(obj))
         return str(path)
     return write
+
+
+def logged_losses(stage_folder: str) -> list:
+    """[(step, loss)] of a training stage's TensorBoard ``train/loss`` scalars, every one logged."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    acc = EventAccumulator(os.path.join(stage_folder, "tb"), size_guidance={"scalars": 0})
+    acc.Reload()
+    return [(e.step, e.value) for e in acc.Scalars("train/loss")]

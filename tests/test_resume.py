@@ -18,6 +18,8 @@ import torch
 from fewshot.cli import train_main
 from fewshot._io import load_checkpoint
 
+from conftest import logged_losses
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(ROOT, "configs", "protonet_demo.yaml")
 
@@ -61,13 +63,6 @@ def _args(data, out, *extra):
             "model.options.patch_size=16", *extra]
 
 
-def _losses(folder):
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-    acc = EventAccumulator(os.path.join(folder, "tb"), size_guidance={"scalars": 0})
-    acc.Reload()
-    return [(e.step, e.value) for e in acc.Scalars("train/loss")]
-
-
 def _assert_same_run(a_dir, b_dir, stage):
     a = load_checkpoint(os.path.join(a_dir, stage, "last.pt"))
     b = load_checkpoint(os.path.join(b_dir, stage, "last.pt"))
@@ -77,7 +72,7 @@ def _assert_same_run(a_dir, b_dir, stage):
     for sa, sb in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values()):
         for k in sa:
             assert torch.equal(sa[k], sb[k]), k
-    assert _losses(os.path.join(a_dir, stage)) == _losses(os.path.join(b_dir, stage))
+    assert logged_losses(os.path.join(a_dir, stage)) == logged_losses(os.path.join(b_dir, stage))
     assert not glob.glob(os.path.join(b_dir, stage, ".*.tmp")), "a temporary file was left behind"
 
 
