@@ -1,7 +1,7 @@
 # Shared by the 2-core CPU recipes (sourced with "$@" = DATA_ROOT OUT [key=value ...] after CFG
 # is set; sets D and R and leaves the key=value arguments in "$@"): pretraining in two phases
-# (the config's schedule, then DENSE_EPOCHS (default 2) epochs at full size that also classify every feature-map cell:
-# pretrain.dense_weight, the local features DeepEMD matches), DeepEMD-FCN and ProtoNet
+# (the config's schedule, then DENSE_EPOCHS (default 2) epochs at full size that also classify every feature-map cell
+# with pretrain.dense_weight DENSE_WEIGHT (default 1.0): the local features DeepEMD matches), DeepEMD-FCN and ProtoNet
 # meta-training from that backbone (B), fixed val manifests (1-shot and 5-shot, episode seed 2:
 # not the seed-1 episodes that selected the checkpoints), both methods evaluated on them, and
 # SimpleShot L2N (nearest centroid of L2-normalised features) on the same backbone and episodes.
@@ -39,7 +39,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/_steps.sh"
 start=$SECONDS
 step "$R/pretrain/done.json" pretrain.log \
   $PY train.py --resume --config $CFG --stage pretrain --data-root "$D" --out "$R" "${PRE[@]}" "${TRAIN[@]}" "$@"
-DENSE=(pretrain.init="$R/pretrain/best.pt" pretrain.dense_weight=0.5 pretrain.epochs=${DENSE_EPOCHS:-2} "${PHASE2[@]}")
+DENSE=(pretrain.init="$R/pretrain/best.pt" pretrain.dense_weight=${DENSE_WEIGHT:-1.0} pretrain.epochs=${DENSE_EPOCHS:-2} "${PHASE2[@]}")
 step "$R/dense/pretrain/done.json" pretrain_dense.log \
   $PY train.py --resume --config $CFG --stage pretrain --data-root "$D" --out "$R/dense" "${DENSE[@]}" "${PRE[@]}" "${TRAIN[@]}" "$@"
 B="$R/dense/pretrain/best.pt"       # the backbone every method starts from
