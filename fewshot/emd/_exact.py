@@ -4,16 +4,17 @@ Engines (``engine`` option, same optimum and gradients): ``"simplex"`` is the ba
 transportation simplex of :mod:`fewshot.emd._simplex`, compiled with numba and parallel over
 the problems of a batch on all cores (``NUMBA_NUM_THREADS``), made for many small problems
 (DeepEMD's 25 x 25) and warm starts; ``"pot"`` calls POT's C++ network simplex once per
-problem, faster on one large problem (point clouds of 512 points and more: 53 vs 68 ms at
-512, 112 vs 184 ms at 768, one problem, 2 cores); ``"assignment"`` solves problems with
+problem, faster on one large problem (below); ``"assignment"`` solves problems with
 M == N and equal weights within a and within b (two clouds of N points, uniform weights) as
 assignment problems by scipy's ``linear_sum_assignment``, with duals recovered by a
 shortest-path search (:mod:`fewshot.emd._assignment`); ``"auto"`` (default) takes the simplex
-up to ``AUTO_POT_ABOVE`` cost entries per problem or with a warm start, POT above. On real
-point clouds (``benchmarks/learned_emd_pointclouds.py``: ModelNet40, uniform weights, 2 cores)
-the assignment engine is never the fastest (1,024 points: POT 132 ms, simplex 279, assignment
-410; 128 points: simplex 1.8, POT 2.3, assignment 2.3), so ``auto`` does not take it. A problem
-the compiled engine does not finish within ``max_iter`` pivots is re-solved by POT. The pivot
+up to ``AUTO_POT_ABOVE`` cost entries per problem (128 x 128) or with a warm start, POT above.
+On real point clouds (``benchmarks/learned_emd_pointclouds.py``: ModelNet40, uniform weights,
+one pair, 2 cores) the crossover depends on the CPU: on an Intel Xeon with AVX-512, POT is
+ahead from 128 points (128: POT 1.7 ms, simplex 2.0; 256: 4.1 vs 6.5; 1,024: 72 vs 309), on
+an AMD EPYC with AVX2 only the simplex was ahead up to 256 points (128: 1.8 vs 2.3; 256: 6.1
+vs 6.4; 512: 33 vs 29); the assignment engine is never the fastest, so ``auto`` does not
+take it. A problem the compiled engine does not finish within ``max_iter`` pivots is re-solved by POT. The pivot
 budget ``max_iter`` defaults to ``max(100_000, M * N)``: a fixed 100,000 stops POT short of the
 optimum from about 3,000 points per cloud.
 
@@ -82,7 +83,7 @@ def _network_simplex(cost: np.ndarray, a: np.ndarray, b: np.ndarray, max_iter: i
 
 
 ENGINES = ("auto", "simplex", "pot", "assignment")
-AUTO_POT_ABOVE = 384 * 384      # cost entries per problem above which engine "auto" takes POT
+AUTO_POT_ABOVE = 128 * 128      # cost entries per problem above which engine "auto" takes POT
 
 
 def pick_engine(engine: str, a: torch.Tensor, b: torch.Tensor, warm_start: bool) -> str:
