@@ -57,7 +57,8 @@ source "$(dirname "$0")/_steps.sh"
 names=("$@"); [ ${#names[@]} = 0 ] && names=(short long lr2e-3 temp25 pyramid way10 dense dense_pyramid pyramid_lr2e-3 dft ft84 dft_pyramid_lr2e-3)
 for name in "${names[@]}"; do
   [ -n "${V[$name]+x}" ] || { echo "unknown variant: $name (expected one of ${!V[*]})" >&2; exit 2; }
-  B="$RUN/pretrain/best.pt"; [[ $name == now_* ]] && B="$RUN/dense/pretrain/best.pt"
+  B="$RUN/pretrain/best.pt"     # a phase starts from the first phase; now_* without one from RUN's dense phase
+  [[ $name == now_* && -z ${PHASE[$name]+x} ]] && B="$RUN/dense/pretrain/best.pt"
   if [ -n "${PHASE[$name]+x}" ]; then
     p=${PHASE[$name]}
     step "$R/$p/pretrain/done.json" "pretrain_$p.log" \
