@@ -64,13 +64,8 @@ step "$R/deepemd_val_5shot.json" eval.log \
   $PY eval.py --checkpoint "$R/meta/best.pt" --episodes-file "$M5" --split val --shot 5 \
   --result "$R/deepemd_val_5shot.json" "${EVAL[@]}" "${SFC[@]}" "$@"
 # the nearest-centroid baseline on L2-normalised features (SimpleShot L2N), same backbone
-for shot in 1 5; do
-  M=$M1; [ $shot = 5 ] && M=$M5
-  step "$R/pretrained_simpleshot_l2n_val_${shot}shot.json" eval.log \
-    $PY eval.py --checkpoint "$B" --episodes-file "$M" --split val --shot $shot \
-    --result "$R/pretrained_simpleshot_l2n_val_${shot}shot.json" model.method=protonet model.options=null \
-    model.options.normalize=l2n "${EVAL[@]}" "$@"
-done
+simpleshot "$R/pretrained_simpleshot_l2n_val_1shot.json" "$B" "$M1" 1 "${EVAL[@]}" "$@"
+simpleshot "$R/pretrained_simpleshot_l2n_val_5shot.json" "$B" "$M5" 5 "${EVAL[@]}" "$@"
 
 finish() {  # finish TITLE [plot_curves.py options]: total wall time, learning curves, the accuracies
   echo "total: $((SECONDS - start)) s of this invocation" | tee -a "$R/times.txt"

@@ -57,6 +57,7 @@ source "$(dirname "$0")/_steps.sh"
 names=("$@"); [ ${#names[@]} = 0 ] && names=(short long lr2e-3 temp25 pyramid way10 dense dense_pyramid pyramid_lr2e-3 dft ft84 dft_pyramid_lr2e-3)
 for name in "${names[@]}"; do
   [ -n "${V[$name]+x}" ] || { echo "unknown variant: $name (expected one of ${!V[*]})" >&2; exit 2; }
+  SHOT5=0; [[ -n $M5 && $name == now_* ]] && SHOT5=1   # now_* variants are evaluated in 5-shot too
   B="$RUN/pretrain/best.pt"     # a phase starts from the first phase; now_* without one from RUN's dense phase
   [[ $name == now_* && -z ${PHASE[$name]+x} ]] && B="$RUN/dense/pretrain/best.pt"
   if [ -n "${PHASE[$name]+x}" ]; then
@@ -65,13 +66,8 @@ for name in "${names[@]}"; do
       $PY train.py --resume --config $CFG --stage pretrain --data-root "$D" --out "$R/$p" pretrain.init="$B" \
       pretrain.dense_weight=${DENSE_WEIGHT[$p]} pretrain.epochs=${EPOCHS[$p]} "${PHASE2[@]}" "${PRE[@]}"
     B="$R/$p/pretrain/best.pt"
-    for shot in 1 5; do
-      M=$M1; [ $shot = 5 ] && M=$M5
-      [ $shot = 5 ] && [[ -z $M5 || $name != now_* ]] && continue
-      step "$R/${p}_simpleshot_val_${shot}shot.json" eval.log \
-        $PY eval.py --checkpoint "$B" --episodes-file "$M" --split val --shot $shot \
-        --result "$R/${p}_simpleshot_val_${shot}shot.json" model.method=protonet model.options=null model.options.normalize=l2n
-    done
+    simpleshot "$R/${p}_simpleshot_val_1shot.json" "$B" "$M1" 1
+    [ $SHOT5 = 1 ] && simpleshot "$R/${p}_simpleshot_val_5shot.json" "$B" "$M5" 5
   fi
   META=("${BASE[@]}"); [[ $name == now_* ]] && META=()
   # shellcheck disable=SC2086
@@ -81,7 +77,7 @@ for name in "${names[@]}"; do
   step "$R/${name}_val_1shot.json" eval.log \
     $PY eval.py --checkpoint "$R/$name/meta/best.pt" --episodes-file "$M1" --split val \
     --result "$R/${name}_val_1shot.json"
-  if [[ -n $M5 && $name == now_* ]]; then
+  if [ $SHOT5 = 1 ]; then
     step "$R/${name}_val_5shot.json" eval.log \
       $PY eval.py --checkpoint "$R/$name/meta/best.pt" --episodes-file "$M5" --split val --shot 5 \
       --result "$R/${name}_val_5shot.json"

@@ -14,9 +14,9 @@ one pair, 2 cores) the crossover depends on the CPU: on an Intel Xeon with AVX-5
 ahead from 128 points (128: POT 1.7 ms, simplex 2.0; 256: 4.1 vs 6.5; 1,024: 72 vs 309), on
 an AMD EPYC with AVX2 only the simplex was ahead up to 256 points (128: 1.8 vs 2.3; 256: 6.1
 vs 6.4; 512: 33 vs 29); the assignment engine is never the fastest, so ``auto`` does not
-take it. A problem the compiled engine does not finish within ``max_iter`` pivots is re-solved by POT. The pivot
-budget ``max_iter`` defaults to ``max(100_000, M * N)``: a fixed 100,000 stops POT short of the
-optimum from about 3,000 points per cloud.
+take it. A problem the compiled engine does not finish within ``max_iter`` pivots is re-solved
+by POT. The pivot budget ``max_iter`` defaults to ``max(100_000, M * N)``: a fixed 100,000 stops
+POT short of the optimum from about 3,000 points per cloud.
 
 Differentiation (envelope theorem): the value V(cost, a, b) of the LP is
 differentiable almost everywhere with dV/dcost = plan, dV/da = f and dV/db = g,
