@@ -83,6 +83,8 @@ class PretrainConfig:
 class MetaConfig:
     epochs: int = 100
     episodes_per_epoch: int = 50
+    n_way: int = 0                      # classes per training episode (0 = episode.n_way); validation
+                                        # and evaluation episodes stay episode.n_way-way
     lr: float = 5e-4
     momentum: float = 0.9
     nesterov: bool = True
@@ -340,7 +342,7 @@ _OPTIONS: Dict[str, Option] = {
     "pretrain.head": Option("linear", str, choices=("linear", "cosine")),
     "pretrain.head_scale": _num(0, low_open=True), "pretrain.label_smoothing": _num(0, high=1, high_open=True),
     "pretrain.emd_loss_rho": _num(1),       # 1: EMD, 2: EMD^2
-    "meta.episodes_per_epoch": _int(1),
+    "meta.episodes_per_epoch": _int(1), "meta.n_way": _int(0),
     "eval.episodes": _int(0), "eval.n_query": _int(1), "eval.seed": _SEED,
     "run.max_steps": _int(0), "run.log_every": _int(1), "run.checkpoint_every": _int(1),
     "run.seed": _SEED, "run.stage": Option("both", str, choices=("pretrain", "meta", "both")),
@@ -358,6 +360,9 @@ def check(config: Config) -> None:
             or not 0 < scale[0] <= scale[1] <= 1):
         raise ConfigError(f"data.crop_scale: expected [min, max] area fractions with "
                           f"0 < min <= max <= 1, got {scale!r}")
+    if config.meta.n_way == 1:
+        raise ConfigError("meta.n_way: expected 0 (= episode.n_way) or at least 2 classes per "
+                          "training episode, got 1")
     p = config.pretrain
     if p.emd_loss_weight > 0 and not p.class_tree:
         raise ConfigError("pretrain.emd_loss_weight > 0 needs pretrain.class_tree (a JSON tree)")

@@ -17,7 +17,9 @@
 # pyramid and 4x the learning rate). Variants named now_* change the recipe as it is now (the
 # config's meta-training, RECIPE_OUT's 70-epoch first phase) instead of BASE: now_dense6 (the
 # dense phase 6 epochs instead of 2), now_dense_w1 (its dense weight 1.0 instead of 0.5),
-# now_way10 (10-way training episodes from RECIPE_OUT's dense-phase backbone); these are also
+# now_way10 (10-way training and validation episodes from RECIPE_OUT's dense-phase backbone: the
+# checkpoint is selected on 10-way val episodes), now_meta_way10 (meta.n_way=10: 10-way training
+# episodes, the checkpoint selected on 5-way val episodes as evaluated); these are also
 # evaluated in 5-shot on RECIPE_OUT's 5-shot manifest (DeepEMD with Structured FC, and SimpleShot
 # L2N on a new phase's backbone).
 # Env AMP=1: second phases under bfloat16 autocast (run.amp=true), as the recipe runs them on a
@@ -48,6 +50,7 @@ declare -A V=(
   [now_dense6]=""
   [now_dense_w1]=""
   [now_way10]="--way 10"
+  [now_meta_way10]="meta.n_way=10"
 )
 declare -A PHASE=([dft]=dft [ft84]=ft84 [dft_pyramid_lr2e-3]=dft [now_dense6]=dft6 [now_dense_w1]=dftw1)  # variant -> its phase
 declare -A DENSE_WEIGHT=([dft]=0.5 [ft84]=0 [dft6]=0.5 [dftw1]=1.0)  # phase -> pretrain.dense_weight

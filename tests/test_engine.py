@@ -49,6 +49,25 @@ def test_pretrain_meta_eval_pipeline(folder_root, tmp_path, capsys):
     assert json.load(open(cl))["accuracy"] == pytest.approx(result["accuracy"])
 
 
+def test_meta_training_episodes_may_have_more_classes_than_validation(folder_root, tmp_path, capsys):
+    """meta.n_way: 6-way training episodes; validation, the checkpoint's task and evaluation
+    stay episode.n_way (3) way; more classes than the train split has is a one-line error."""
+    out = str(tmp_path / "wide")
+    assert train_main(_args(folder_root, out, "--max-steps", "2", "meta.n_way=6")) == 0
+    printed = capsys.readouterr().out
+    assert "[meta] 6-way 1-shot 2-query" in printed and "3-way 1-shot episodes of val" in printed
+    best = os.path.join(out, "meta", "best.pt")
+    config = load_checkpoint(best)["config"]
+    assert config["meta"]["n_way"] == 6 and config["episode"]["n_way"] == 3
+    result = str(tmp_path / "r.json")
+    assert eval_main(["--checkpoint", best, "--episodes", "2", "--result", result]) == 0
+    assert json.load(open(result))["n_way"] == 3
+    assert train_main(_args(folder_root, str(tmp_path / "too_wide"), "--max-steps", "1", "meta.n_way=7")) == 2
+    assert "meta.n_way 7: " in capsys.readouterr().err
+    assert train_main(_args(folder_root, str(tmp_path / "one"), "meta.n_way=1")) == 2
+    assert "meta.n_way" in capsys.readouterr().err
+
+
 def test_resume_continues_exactly(folder_root, tmp_path):
     straight = str(tmp_path / "straight")
     assert train_main(_args(folder_root, straight, "--max-steps", "6")) == 0

@@ -370,7 +370,12 @@ def meta_train(config: Config, resume: Optional[str] = None) -> str:
     """Episodic training; returns the best checkpoint path."""
     m, e = config.meta, config.episode
     train_set = load_split(config, config.data.train_split, train=True)  # data errors first
-    sampler = EpisodeSampler(train_set, e.n_way, e.n_shot, e.n_query, seed=config.run.seed)
+    n_way = m.n_way or e.n_way            # training episodes may have more classes than tested
+    try:
+        sampler = EpisodeSampler(train_set, n_way, e.n_shot, e.n_query, seed=config.run.seed)
+    except FewShotError as err:
+        key = "meta.n_way" if m.n_way else "episode.n_way"
+        raise type(err)(f"{key} {n_way}: {err}") from None
     folder, device, model = _prepare(config, "meta")
     if m.pretrained:
         load_pretrained(model, m.pretrained)
@@ -416,7 +421,7 @@ def meta_train(config: Config, resume: Optional[str] = None) -> str:
         return loss, accuracy(logits, ep.query_labels), size
 
     details = "".join(f", {k} {v}" for k, v in getattr(model, "describe", dict)().items())
-    log(f"[meta] {e.n_way}-way {e.n_shot}-shot {e.n_query}-query, {config.model.method} / "
+    log(f"[meta] {n_way}-way {e.n_shot}-shot {e.n_query}-query, {config.model.method} / "
         f"{config.model.backbone}{details} on {device}" + (f" x {size} processes" if size > 1 else ""))
     validate = _validator(config, model, device, "meta", e.n_way, e.n_shot)
     run_epochs(stage, m.epochs, steps_per_epoch, batches, step_fn, validate, unit="episodes",
