@@ -19,7 +19,7 @@ E1=${EPISODES_1SHOT:-1000}; E5=${EPISODES_5SHOT:-600}
 if [ "${SMOKE:-0}" = 1 ]; then   # a few steps of every stage on tiny images: what the tests run
   TRAIN=(--device cpu data.image_size=32 "pretrain.size_schedule=[[0,16],[1,32]]" pretrain.epochs=2
          pretrain.batch_size=8 pretrain.val_every=1 pretrain.val_episodes=2 meta.epochs=2
-         meta.episodes_per_epoch=2 meta.val_episodes=2 eval.n_query=2 --query 2)
+         meta.episodes_per_epoch=2 meta.val_episodes=2 meta.n_way=4 eval.n_query=2 --query 2)
   EVAL=(--device cpu data.image_size=32 --query 2); SFC=(model.options.sfc_steps=2); E1=3; E5=2
 else
   TRAIN=(); EVAL=(); SFC=()

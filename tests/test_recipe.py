@@ -158,11 +158,15 @@ def test_cpu_recipe_smoke(csv_root, tmp_path):
     assert f"backbone initialised from {second}" in (out / "meta_deepemd.log").read_text()
     assert f"backbone initialised from {second}" in (out / "meta_protonet.log").read_text()
     assert json.load(open(out / "pretrained_simpleshot_l2n_val_1shot.json"))["checkpoint"] == second
+    # meta.n_way: wider training episodes (4-way here) for both methods, 5-way validation and episodes
+    for log_name in ("meta_deepemd.log", "meta_protonet.log"):
+        text = (out / log_name).read_text()
+        assert "-way 1-shot 2-query" in text and "[meta] 4-way" in text and "5-way 1-shot episodes of val" in text
     manifest = json.load(open(out / "val_5way1shot_3.json"))
     for name in ("deepemd_val_1shot", "protonet_val_1shot", "pretrained_deepemd_val_1shot",
                  "pretrained_protonet_val_1shot", "pretrained_simpleshot_l2n_val_1shot"):
         result = json.load(open(out / f"{name}.json"))
-        assert result["episodes"] == 3 and result["split"] == "val", name
+        assert result["episodes"] == 3 and result["split"] == "val" and result["n_way"] == 5, name
     assert json.load(open(out / "protonet_val_1shot.json"))["episodes_file"].endswith("val_5way1shot_3.json")
     assert len(manifest["episodes"]) == 3
     shot5 = json.load(open(out / "deepemd_val_5shot.json"))
