@@ -15,7 +15,7 @@
 # cosine to 0): dft (every feature-map cell classified too, pretrain.dense_weight 0.5), ft84 (the
 # same phase without the dense term: the control), dft_pyramid_lr2e-3 (dft's backbone with the
 # pyramid and 4x the learning rate). Variants named now_* change the recipe as it is now (the
-# config's meta-training, RECIPE_OUT's 70-epoch first phase) instead of BASE: now_dense6 (the
+# config's meta-training at the script's commit, RECIPE_OUT's 70-epoch first phase) instead of BASE: now_dense6 (the
 # dense phase 6 epochs instead of 2), now_dense_w1 (its dense weight 1.0 instead of 0.5),
 # now_way10 (10-way training and validation episodes from RECIPE_OUT's dense-phase backbone: the
 # checkpoint is selected on 10-way val episodes), now_meta_way10 (meta.n_way=10: 10-way training
