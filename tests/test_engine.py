@@ -63,7 +63,7 @@ def test_meta_training_episodes_may_have_more_classes_than_validation(folder_roo
     assert eval_main(["--checkpoint", best, "--episodes", "2", "--result", result]) == 0
     assert json.load(open(result))["n_way"] == 3
     assert train_main(_args(folder_root, str(tmp_path / "too_wide"), "--max-steps", "1", "meta.n_way=7")) == 2
-    assert "meta.n_way 7: " in capsys.readouterr().err
+    assert "meta-training episodes (meta.n_way 7): " in capsys.readouterr().err
     assert train_main(_args(folder_root, str(tmp_path / "one"), "meta.n_way=1")) == 2
     assert "meta.n_way" in capsys.readouterr().err
 

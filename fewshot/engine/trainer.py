@@ -375,7 +375,7 @@ def meta_train(config: Config, resume: Optional[str] = None) -> str:
         sampler = EpisodeSampler(train_set, n_way, e.n_shot, e.n_query, seed=config.run.seed)
     except FewShotError as err:
         key = "meta.n_way" if m.n_way else "episode.n_way"
-        raise type(err)(f"{key} {n_way}: {err}") from None
+        raise type(err)(f"meta-training episodes ({key} {n_way}): {err}") from None
     folder, device, model = _prepare(config, "meta")
     if m.pretrained:
         load_pretrained(model, m.pretrained)
