@@ -15,11 +15,12 @@
 # cosine to 0): dft (every feature-map cell classified too, pretrain.dense_weight 0.5), ft84 (the
 # same phase without the dense term: the control), dft_pyramid_lr2e-3 (dft's backbone with the
 # pyramid and 4x the learning rate). Variants named now_* change the recipe as it is now (the
-# config's meta-training at the script's commit, RECIPE_OUT's 70-epoch first phase) instead of BASE: now_dense6 (the
-# dense phase 6 epochs instead of 2), now_dense_w1 (its dense weight 1.0 instead of 0.5),
-# now_way10 (10-way training and validation episodes from RECIPE_OUT's dense-phase backbone: the
-# checkpoint is selected on 10-way val episodes), now_meta_way10 (meta.n_way=10: 10-way training
-# episodes, the checkpoint selected on 5-way val episodes as evaluated); these are also
+# config's meta-training at the script's commit, RECIPE_OUT's 70-epoch first phase) instead of
+# BASE: now_dense6 (the dense phase 6 epochs instead of 2), now_dense_w1 (its dense weight 1.0
+# instead of 0.5), now_way10 (10-way training and validation episodes from RECIPE_OUT's
+# dense-phase backbone: the checkpoint is selected on 10-way val episodes), now_meta_way10
+# (meta.n_way=10: 10-way training episodes, the checkpoint selected on 5-way val episodes as
+# evaluated); these are also
 # evaluated in 5-shot on RECIPE_OUT's 5-shot manifest (DeepEMD with Structured FC, and SimpleShot
 # L2N on a new phase's backbone).
 # Env AMP=1: second phases under bfloat16 autocast (run.amp=true), as the recipe runs them on a

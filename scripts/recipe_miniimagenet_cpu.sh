@@ -3,8 +3,8 @@
 # time-to-accuracy: pretraining (cosine classifier, progressive resizing 56 -> 70 -> 84 px,
 # cosine schedule; then 2 epochs at 84 px with dense classification), then DeepEMD-FCN (exact
 # EMD; FCN nodes plus pooled 2x2 and 1x1 levels) and ProtoNet meta-training (10-way episodes)
-# from the same backbone, then every method, and both methods on the pretrained backbone alone, on the same
-# fixed val episodes (a 1-shot and a 5-shot manifest, episode seed 2: not the seed-1 episodes
+# from the same backbone, then every method, and both methods on the pretrained backbone alone,
+# on the same fixed val episodes (a 1-shot and a 5-shot manifest, episode seed 2: not the seed-1 episodes
 # that selected the checkpoints). Each step is skipped when its output exists, so the script
 # resumes step by step. Raw results (JSON), logs, TensorBoard scalars, the per-step and total
 # wall times (times.txt) and the learning curves (curves.png) land in OUT.

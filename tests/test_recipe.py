@@ -161,7 +161,7 @@ def test_cpu_recipe_smoke(csv_root, tmp_path):
     # meta.n_way: wider training episodes (4-way here) for both methods, 5-way validation and episodes
     for log_name in ("meta_deepemd.log", "meta_protonet.log"):
         text = (out / log_name).read_text()
-        assert "-way 1-shot 2-query" in text and "[meta] 4-way" in text and "5-way 1-shot episodes of val" in text
+        assert "[meta] 4-way 1-shot 2-query" in text and "5-way 1-shot episodes of val" in text
     manifest = json.load(open(out / "val_5way1shot_3.json"))
     for name in ("deepemd_val_1shot", "protonet_val_1shot", "pretrained_deepemd_val_1shot",
                  "pretrained_protonet_val_1shot", "pretrained_simpleshot_l2n_val_1shot"):
