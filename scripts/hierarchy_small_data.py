@@ -3,30 +3,39 @@
 A Conv-4 with a linear head is trained from scratch on the classes of the given splits of a
 miniImageNet-layout dataset (train + val: 80 classes) with ``--per-class`` training images per
 class (each setting, e.g. 50 and 300), and tested on held-out images of the same classes (the
-same ``--test-per-class`` images for every setting), with each loss:
+same ``--test-per-class`` images for every setting), with each loss. The tree's edge lengths
+are WordNet edges (unit edges, as in the paper) unless a loss says otherwise.
 
-  ce        cross-entropy
-  emd2      relaxed EMD^2 between softmax and one-hot label on the WordNet tree (closed form)
-  ce+emd2   CE + EMD^2
-  ce+sd     CE + Sinkhorn distance (``fewshot.emd.solve(..., solver="sinkhorn")``, log domain,
-            ``--sd-iterations`` unrolled iterations at ``--sd-epsilon``) under the tree metric
-  emd2-edges  EMD^2 alone with the edge lengths in WordNet edges (not rescaled; a loss
-            ``unit`` times larger, as a larger learning rate would be)
+The paper's rows:
+  ce          cross-entropy
+  emd2        relaxed EMD^2 between softmax and one-hot label on the WordNet tree (closed form)
+  ce+emd2     CE + EMD^2, 1:1
+  sd+ce       the Sinkhorn distance with the paper's gradient (log u / lambda, exact for a one-hot
+              target: ``fewshot.emd.hierarchy.sinkhorn_onehot_loss``) + 3 CE (SD : CE = 1 : 3),
+              lambda ``--sd-lambda`` per WordNet edge
+Baselines of Bertinetto et al. 2020:
+  soft        cross-entropy against soft labels softmax(-beta LCA height / max height), ``--soft-beta``
+  hxe         hierarchical cross-entropy, ``--hxe-alpha``
+  (CRM, Karthik et al. 2021, is applied at test time to every model: the "crm" metrics)
+This project's variants:
+  ce+emd      CE + the exact tree EMD (rho = 1) = CE + the expected tree distance
+  ce+emd2-scaled  CE + EMD^2 on edge lengths divided by the mean class-to-class distance
 
-The tree's edge lengths are divided by the mean distance between two classes (the ``unit``),
-so that an average confusion costs 1 in every tree loss (the scale of CE near convergence),
-except in ``emd2-edges``; the reported
-holistic errors use WordNet edges. Measured on the test images after each ``--eval-every``
-epochs: top-1 error, holistic error (expected tree distance of the prediction to the label,
-sum_c p_c d(c, y), i.e. EMD(p, one-hot y) under the tree metric) and the tree distance of the
-top-1 prediction. Every (setting, loss, seed) uses the same schedule; seeds change the weights,
-the training subset order and the augmentation, not the images.
+Measured on the test images after each ``--eval-every`` epochs: top-1 error, mistake severity
+(mean height of the lowest common ancestor of prediction and truth over the mistakes), the
+average hierarchical distance of the top-1 and top-5 predictions (mean LCA height, a correct
+class counting 0), the holistic error (expected tree distance of the prediction to the label,
+sum_c p_c d(c, y), in WordNet edges) and the tree distance of the top-1 prediction; the same
+for the CRM decision. Every (setting, loss, seed) uses the same schedule; seeds change the
+weights, the training subset order and the augmentation, not the images.
 
     python scripts/hierarchy_small_data.py --data-root PATH/miniimagenet --out OUT
     (or make hierarchy-small-data MINI=PATH)
 
 Writes OUT/runs.json (every run and its curve), OUT/table.md (mean +- 95% CI over seeds) and
 OUT/curves.png; a finished run is not repeated when OUT/runs.json already holds it.
+``--report`` only rewrites the table and the plot from OUT/runs.json (and from the runs.json of
+each ``--merge`` folder).
 """
 from __future__ import annotations
 
@@ -44,11 +53,12 @@ import torch.nn.functional as F
 
 from fewshot import emd
 from fewshot.data.datasets import build_dataset
-from fewshot.emd.hierarchy import ClassTree, tree_emd
+from fewshot.emd.hierarchy import (ClassTree, HXELoss, crm_scores, hierarchy_metrics, lca_heights,
+                                   sinkhorn_onehot_loss, soft_labels, tree_emd)
 from fewshot.errors import FewShotError
 from fewshot.models.backbones import create_backbone
 
-LOSSES = ("ce", "emd2", "ce+emd2", "ce+sd", "emd2-edges")
+LOSSES = ("ce", "emd2", "ce+emd2", "sd+ce", "soft", "hxe", "ce+emd", "ce+emd2-scaled")
 T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
 
 
@@ -89,64 +99,65 @@ def augment(x, gen):
 
 
 class Losses:
-    """The training losses of the experiment on one class tree (lengths in units of the mean
-    class-to-class distance)."""
+    """The training losses of the experiment on one class tree (edge lengths in WordNet edges)."""
 
-    def __init__(self, tree: ClassTree, n_classes: int, sd_epsilon: float, sd_iterations: int):
-        dist = tree.distances()[:n_classes, :n_classes]
-        self.scale = float(dist.sum() / (n_classes * (n_classes - 1)))
-        self.edges = tree
-        self.tree = ClassTree(tree.parents, (tree.lengths / self.scale).tolist())
-        self.cost = (dist / self.scale).float()
-        self.sinkhorn = emd.make_solver("sinkhorn", {"epsilon": sd_epsilon, "max_iter": sd_iterations,
-                                                     "tol": 1e-12, "gradient": "unrolled",
-                                                     "on_unconverged": "ignore"})
-        self.K, self.C = len(tree), n_classes
+    def __init__(self, tree: ClassTree, n_classes: int, sd_lambda: float, soft_beta: float, hxe_alpha: float):
+        self.dist = tree.distances()[:n_classes, :n_classes]
+        self.severity = lca_heights(tree, n_classes)
+        self.scale = float(self.dist.sum() / (n_classes * (n_classes - 1)))
+        self.tree = tree
+        self.scaled = ClassTree(tree.parents, (tree.lengths / self.scale).tolist())
+        self.cost = self.dist.float()
+        self.hxe = HXELoss(tree, n_classes, hxe_alpha)
+        self.sd_lambda, self.soft_beta = sd_lambda, soft_beta
+        self.C = n_classes
 
-    def emd2(self, logits, labels, tree=None):
-        p = torch.cat([logits.softmax(-1), logits.new_zeros(len(logits), self.K - self.C)], 1)
+    def emd(self, logits, labels, rho, tree=None):
+        p = logits.softmax(-1)                      # mass on the classes: eq. 15's gradient
         q = torch.zeros_like(p).scatter_(1, labels[:, None], 1.0)
-        return tree_emd(p, q, tree or self.tree, rho=2.0).mean()
-
-    def sd(self, logits, labels):
-        p = logits.softmax(-1)
-        q = torch.zeros_like(p).scatter_(1, labels[:, None], 1.0)
-        cost = self.cost.to(p)[None].expand(len(p), -1, -1)
-        return self.sinkhorn(cost, p, q).value.mean()
+        return tree_emd(p, q, tree or self.tree, rho=rho).mean()
 
     def __call__(self, name, logits, labels):
+        ce = lambda: F.cross_entropy(logits, labels)  # noqa: E731
         if name == "ce":
-            return F.cross_entropy(logits, labels)
+            return ce()
         if name == "emd2":
-            return self.emd2(logits, labels)
+            return self.emd(logits, labels, 2.0)
         if name == "ce+emd2":
-            return F.cross_entropy(logits, labels) + self.emd2(logits, labels)
-        if name == "ce+sd":
-            return F.cross_entropy(logits, labels) + self.sd(logits, labels)
-        if name == "emd2-edges":
-            return self.emd2(logits, labels, self.edges)
+            return ce() + self.emd(logits, labels, 2.0)
+        if name == "sd+ce":
+            sd = sinkhorn_onehot_loss(logits.softmax(-1), labels, self.cost, self.sd_lambda).mean()
+            return sd + 3.0 * ce()
+        if name == "soft":
+            target = soft_labels(labels, self.severity, self.soft_beta).to(logits)
+            return -(target * logits.log_softmax(-1)).sum(1).mean()
+        if name == "hxe":
+            return self.hxe(logits, labels)
+        if name == "ce+emd":
+            return ce() + self.emd(logits, labels, 1.0)
+        if name == "ce+emd2-scaled":
+            return ce() + self.emd(logits, labels, 2.0, self.scaled)
         raise FewShotError(f"--losses: unknown loss {name!r}; choose from {', '.join(LOSSES)}")
 
 
 @torch.no_grad()
-def evaluate(model, images, labels, dist, mean, std, batch=500):
-    """top-1 error, holistic error (expected tree distance) and top-1 tree distance, in %/edges."""
+def evaluate(model, images, labels, losses, mean, std, batch=500):
+    """The test metrics of the argmax decision and, under "crm", of the CRM decision."""
     model.eval()
-    wrong, expected, top1 = 0.0, 0.0, 0.0
-    for i in range(0, len(images), batch):
-        x = (images[i:i + batch].float() / 255 - mean) / std
-        y = labels[i:i + batch]
-        prob = model(x).softmax(-1).double()
-        pred = prob.argmax(-1)
-        wrong += float((pred != y).sum())
-        expected += float((prob * dist[:, y].t()).sum())
-        top1 += float(dist[pred, y].sum())
+    prob = torch.cat([model((images[i:i + batch].float() / 255 - mean) / std).softmax(-1).double()
+                      for i in range(0, len(images), batch)])
     model.train()
-    n = len(images)
-    return {"top1_error": 100 * wrong / n, "holistic": expected / n, "top1_distance": top1 / n}
+    out = {}
+    for name, scores in (("", prob), ("crm_", crm_scores(prob, losses.severity))):
+        point = hierarchy_metrics(scores, labels, losses.severity, k=5)
+        pred = scores.argmax(-1)
+        point["top1_distance"] = float(losses.dist[pred, labels].mean())
+        out.update({name + key: value for key, value in point.items()})
+    out["holistic"] = float((prob * losses.dist[:, labels].t()).sum(1).mean())
+    return out
 
 
-def train_one(loss_name, seed, train, test, losses, dist, args):
+def train_one(loss_name, seed, train, test, losses, args):
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     images, labels = train
@@ -173,7 +184,7 @@ def train_one(loss_name, seed, train, test, losses, dist, args):
             steps += 1
         if (epoch + 1) % args.eval_every == 0 or epoch + 1 == args.epochs:
             train_seconds = time.time() - start
-            point = evaluate(model, *test, dist, mean, std)
+            point = evaluate(model, *test, losses, mean, std)
             point.update(epoch=epoch + 1, steps=steps, train_seconds=round(train_seconds, 1))
             curve.append(point)
             start = time.time() - train_seconds       # evaluation time is not training time
@@ -189,21 +200,33 @@ def ci(values):
     return float(values.mean()), float(T975.get(len(values) - 1, 1.96) * values.std(ddof=1) / math.sqrt(len(values)))
 
 
+COLUMNS = (("top1_error", "top-1 error %", 2), ("mistake_severity", "mistake severity (LCA height)", 2),
+           ("hdist_at_1", "hdist@1", 2), ("hdist_at_5", "hdist@5", 2),
+           ("holistic", "holistic error (expected tree distance)", 2))
+
+
 def table(runs, settings, loss_names):
-    lines = ["| train images per class | loss | seeds | top-1 error % | holistic error (expected tree distance, edges) "
-             "| tree distance of the top-1 prediction | training time per run |",
-             "|---|---|---|---|---|---|---|"]
+    """Mean +- 95% CI over seeds of each column; the CRM decision as a row under each loss."""
+    lines = ["| train images per class | loss | seeds | " + " | ".join(c[1] for c in COLUMNS)
+             + " | training time per run |", "|---|---|---|" + "---|" * len(COLUMNS) + "---|"]
     for per_class in settings:
         for loss in loss_names:
             rs = [r for r in runs if r["per_class"] == per_class and r["loss"] == loss]
             if not rs:
                 continue
-            cells = []
-            for key in ("top1_error", "holistic", "top1_distance"):
-                m, h = ci([r["final"][key] for r in rs])
-                cells.append(f"{m:.2f} +- {h:.2f}" if key == "top1_error" else f"{m:.3f} +- {h:.3f}")
-            secs = np.mean([r["final"]["train_seconds"] for r in rs])
-            lines.append(f"| {per_class} | {loss} | {len(rs)} | " + " | ".join(cells) + f" | {secs:.0f} s |")
+            for prefix, label in (("", loss), ("crm_", f"{loss} + CRM at test time")):
+                if prefix and not all(prefix + "top1_error" in r["final"] for r in rs):
+                    continue
+                cells = []
+                for key, _, digits in COLUMNS:
+                    key = key if key == "holistic" else prefix + key
+                    if prefix and key == "holistic":
+                        cells.append("")               # the probabilities are the model's
+                        continue
+                    m, h = ci([r["final"][key] for r in rs])
+                    cells.append(f"{m:.{digits}f} +- {h:.{digits}f}")
+                secs = np.mean([r["final"]["train_seconds"] for r in rs])
+                lines.append(f"| {per_class} | {label} | {len(rs)} | " + " | ".join(cells) + f" | {secs:.0f} s |")
     return "\n".join(lines) + "\n"
 
 
@@ -230,9 +253,18 @@ def plot(runs, settings, loss_names, path):
     fig.savefig(path, dpi=90)
 
 
+def report(runs, out):
+    settings = sorted({r["per_class"] for r in runs})
+    names = [name for name in LOSSES if any(r["loss"] == name for r in runs)]
+    with open(os.path.join(out, "table.md"), "w") as f:
+        f.write(table(runs, settings, names))
+    plot(runs, settings, names, os.path.join(out, "curves.png"))
+    print(table(runs, settings, names))
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data-root", required=True, help="miniImageNet in the CSV layout")
+    parser.add_argument("--data-root", help="miniImageNet in the CSV layout (not with --report)")
     parser.add_argument("--splits", nargs="+", default=["train", "val"])
     parser.add_argument("--tree", default=os.path.join(os.path.dirname(__file__), "..", "configs", "trees",
                                                         "miniimagenet_wordnet.json"))
@@ -240,16 +272,32 @@ def main(argv=None) -> int:
     parser.add_argument("--epochs", type=int, nargs="+", default=[30, 15],
                         help="epochs of each --per-class setting (one value: all)")
     parser.add_argument("--test-per-class", type=int, default=100)
-    parser.add_argument("--losses", nargs="+", default=list(LOSSES[:4]), choices=LOSSES)
+    parser.add_argument("--losses", nargs="+", default=list(LOSSES[:6]), choices=LOSSES)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--image-size", type=int, default=32)
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--lr", type=float, default=0.05)
     parser.add_argument("--eval-every", type=int, default=3)
-    parser.add_argument("--sd-epsilon", type=float, default=0.1)
-    parser.add_argument("--sd-iterations", type=int, default=20)
+    parser.add_argument("--sd-lambda", type=float, default=1.0, help="Sinkhorn lambda per WordNet edge (sd+ce)")
+    parser.add_argument("--soft-beta", type=float, default=10.0, help="soft labels' beta (soft)")
+    parser.add_argument("--hxe-alpha", type=float, default=0.1, help="HXE's alpha per WordNet edge of height (hxe)")
     parser.add_argument("--out", required=True)
+    parser.add_argument("--report", action="store_true", help="only write the table and plot from runs.json")
+    parser.add_argument("--merge", nargs="*", default=[], help="with --report: more run folders to include")
     args = parser.parse_args(argv)
+    if args.merge and not args.report:
+        parser.error("--merge needs --report")
+    if args.report:
+        runs = []
+        for folder in [args.out] + args.merge:
+            path = os.path.join(folder, "runs.json")
+            if not os.path.isfile(path):
+                parser.error(f"--report: {path} does not exist")
+            runs += json.load(open(path))
+        report(runs, args.out)
+        return 0
+    if args.data_root is None:
+        parser.error("--data-root is required (except with --report)")
     if len(args.epochs) not in (1, len(args.per_class)):
         parser.error("--epochs: give one value or one per --per-class setting")
     if min(args.per_class + args.epochs + [args.test_per_class, args.batch, args.eval_every]) < 1:
@@ -265,8 +313,7 @@ def main(argv=None) -> int:
         print(f"{len(classes)} classes, {len(pool[0])} pool and {len(test[0])} test images decoded in "
               f"{time.time() - start:.0f} s", flush=True)
         tree = ClassTree.from_json(args.tree, classes, where=f"--tree {args.tree}")
-        losses = Losses(tree, len(classes), args.sd_epsilon, args.sd_iterations)
-        dist = tree.distances()[:len(classes), :len(classes)]
+        losses = Losses(tree, len(classes), args.sd_lambda, args.soft_beta, args.hxe_alpha)
         path = os.path.join(args.out, "runs.json")
         runs = json.load(open(path)) if os.path.isfile(path) else []
         for per_class in args.per_class:
@@ -277,22 +324,18 @@ def main(argv=None) -> int:
                     if any(r["per_class"] == per_class and r["loss"] == loss and r["seed"] == seed for r in runs):
                         continue
                     print(f"{per_class} per class, {loss}, seed {seed}", flush=True)
-                    run = train_one(loss, seed, train, test, losses, dist,
+                    run = train_one(loss, seed, train, test, losses,
                                     argparse.Namespace(**{**vars(args), "epochs": epochs[per_class]}))
                     runs.append({"per_class": per_class, "loss": loss, "seed": seed, "epochs": epochs[per_class],
-                                 "image_size": args.image_size, "classes": len(classes), **run})
+                                 "image_size": args.image_size, "classes": len(classes),
+                                 "settings": {"sd_lambda": args.sd_lambda, "soft_beta": args.soft_beta,
+                                              "hxe_alpha": args.hxe_alpha}, **run})
                     tmp = path + ".tmp"
                     with open(tmp, "w") as f:
                         json.dump(runs, f, indent=1)
                     os.replace(tmp, path)
-        # every run in runs.json, also those of earlier invocations
-        settings = sorted({r["per_class"] for r in runs})
-        names = [name for name in LOSSES if any(r["loss"] == name for r in runs)]
-        with open(os.path.join(args.out, "table.md"), "w") as f:
-            f.write(table(runs, settings, names))
-        plot(runs, settings, names, os.path.join(args.out, "curves.png"))
-        print(table(runs, settings, names))
-        print(f"tree distance unit: {losses.scale:.3f} WordNet edges (the mean class-to-class distance)")
+        report(runs, args.out)       # every run in runs.json, also those of earlier invocations
+        print(f"mean class-to-class tree distance: {losses.scale:.3f} WordNet edges")
     except FewShotError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -246,6 +246,7 @@ def test_sinkhorn_bad_init_is_a_project_error():
 # ----------------------------------------------------------------------------- experiment scripts
 
 def test_small_data_script_runs_every_loss_on_generated_images(tmp_path):
+    LOSSES = ("ce", "emd2", "ce+emd2", "sd+ce", "soft", "hxe", "ce+emd", "ce+emd2-scaled")
     root = make_csv_layout(str(tmp_path / "mini"), splits=(("train", 3), ("val", 2)), per_class=6)
     classes = [f"ntrain{c:04d}" for c in range(3)] + [f"nval{c:04d}" for c in range(2)]
     tree = tmp_path / "tree.json"
@@ -254,15 +255,21 @@ def test_small_data_script_runs_every_loss_on_generated_images(tmp_path):
     out = tmp_path / "out"
     cmd = [sys.executable, os.path.join(ROOT, "scripts", "hierarchy_small_data.py"), "--data-root", root,
            "--tree", str(tree), "--per-class", "2", "3", "--epochs", "1", "--test-per-class", "2",
-           "--seeds", "0", "--image-size", "16", "--batch", "4", "--out", str(out)]
+           "--seeds", "0", "--image-size", "16", "--batch", "4", "--out", str(out), "--losses", *LOSSES]
     run = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-2000:]
     runs = json.load(open(out / "runs.json"))
-    assert sorted((r["per_class"], r["loss"]) for r in runs) == sorted(
-        (n, loss) for n in (2, 3) for loss in ("ce", "emd2", "ce+emd2", "ce+sd"))
+    assert sorted((r["per_class"], r["loss"]) for r in runs) == sorted((n, loss) for n in (2, 3) for loss in LOSSES)
     for r in runs:
-        assert 0 <= r["final"]["top1_error"] <= 100 and r["final"]["holistic"] >= 0
-    assert (out / "curves.png").stat().st_size > 0 and "| 3 | ce+sd | 1 |" in (out / "table.md").read_text()
+        final = r["final"]
+        assert 0 <= final["top1_error"] <= 100 and final["holistic"] >= 0 and 0 <= final["crm_top1_error"] <= 100
+        # on this tree a mistake's LCA is 'left' or 'right' (height 1) or the root (height 3)
+        assert 0 <= final["hdist_at_1"] <= 3 and 0 <= final["hdist_at_5"] <= 3 and 0 <= final["mistake_severity"] <= 3
+    table = (out / "table.md").read_text()
+    assert (out / "curves.png").stat().st_size > 0 and "| 3 | sd+ce | 1 |" in table
+    assert "| 3 | ce + CRM at test time | 1 |" in table
+    report = subprocess.run([sys.executable, cmd[1], "--report", "--out", str(out)], capture_output=True, text=True)
+    assert report.returncode == 0 and report.stdout.count("\n| 2 |") == 2 * len(LOSSES), report.stderr
     bad = subprocess.run(cmd[:-2] + ["--test-per-class", "50", "--out", str(tmp_path / "o2")],
                          capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and "fewer than" in bad.stderr and "Traceback" not in bad.stderr

@@ -9,7 +9,8 @@ nodes parents first,
   value = sum_v length_v |S_v|^rho, and the weights w_v = length_v rho |S_v|^(rho-1) sign(S_v)
   kept for the backward pass (in the buffer that held S);
 * backward: G[root] = w[root], then in order G[v] = w[v] + G[parent v] (sums over the ancestors),
-  centred (the dirt-conserving projection) and scaled by the incoming gradient.
+  centred over the first ``n_bins`` nodes (the dirt-conserving projection over the bins that
+  hold mass; all K nodes for a histogram on the whole tree) and scaled by the incoming gradient.
 
 O(K) per pair with one pass over a row in cache; no [K, B] transposes.
 """
@@ -74,21 +75,22 @@ def forward(p, q, order, parent, lengths, rho, value, weights, stats):  # pragma
 
 
 @njit(cache=True, parallel=True)
-def backward(weights, order, parent, grad_value, grad):  # pragma: no cover (compiled)
-    """grad [B, K] (filled in place): centred path sums of ``weights`` times grad_value [B]."""
+def backward(weights, order, parent, grad_value, n_bins, grad):  # pragma: no cover (compiled)
+    """grad [B, K] (filled in place): path sums of ``weights``, centred over the first ``n_bins``
+    nodes, times grad_value [B]."""
     B, K = weights.shape
     for b in prange(B):
         g = grad[b]
         w = weights[b]
         root = order[0]
         g[root] = w[root]
-        total = 0.0                      # float64 sum, also for float32 rows
-        total += g[root]
         for i in range(1, K):
             v = order[i]
             g[v] = w[v] + g[parent[v]]
+        total = 0.0                      # float64 sum, also for float32 rows
+        for v in range(n_bins):
             total += g[v]
-        mean = total / K
+        mean = total / n_bins
         scale = grad_value[b]
         for v in range(K):
             g[v] = (g[v] - mean) * scale

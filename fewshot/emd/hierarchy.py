@@ -18,6 +18,14 @@ closed form: with w_v = length_v * rho * |S_v|^(rho-1) sign(S_v),
 projected onto {g : sum g = 0} so that a gradient step keeps the total mass (the
 dirt-conserving gradient); d / d q is its negative. A chain (1-D ordered classes) is
 the tree whose parent list is [-1, 0, 1, 2, ...].
+
+Where the mass may sit decides the projection, and the histograms' width says where:
+p, q [B, C] with C < K put mass on the first C nodes only (the bins: the classes, which
+:meth:`ClassTree.from_json` numbers first; on a class tree, its leaves). Then the gradient
+is eq. 15 of the paper: (A w)_u for the C bins, projected over those C bins
+(g_u - mean over the bins), and latent nodes have no entry (zero gradient). p, q [B, K]
+(mass allowed on every node, inner nodes too) project over all K nodes. The value is the
+same either way.
 """
 from __future__ import annotations
 
@@ -185,7 +193,11 @@ class _TreeEMD(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, p, q, tree, lengths, rho, compiled, stats):
-        ctx.tree, ctx.compiled = tree, compiled
+        """p, q [B, C] (C <= K: mass on the first C nodes) -> value [B]."""
+        ctx.tree, ctx.compiled, ctx.n_bins = tree, compiled, p.shape[1]
+        K = len(tree)
+        if p.shape[1] < K:                              # latent nodes hold no mass
+            p, q = (torch.cat([t, t.new_zeros(t.shape[0], K - t.shape[1])], 1) for t in (p, q))
         if compiled:           # ``stats`` [B, 6] receives the input checks' numbers (numpy)
             from . import _tree_kernel
             value = p.new_empty(p.shape[0])
@@ -202,13 +214,15 @@ class _TreeEMD(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_value):
         weights, = ctx.saved_tensors
+        C = ctx.n_bins
         if ctx.compiled:
             from . import _tree_kernel
             g = torch.empty_like(weights)
             _tree_kernel.backward(weights.numpy(), ctx.tree._order, ctx.tree._parent,
-                                  grad_value.detach().to(weights.dtype).contiguous().numpy(), g.numpy())
+                                  grad_value.detach().to(weights.dtype).contiguous().numpy(), C, g.numpy())
+            g = g[:, :C]
         else:
-            g = ctx.tree.path_sums(weights.t()).t()                       # node-major [K, B]
+            g = ctx.tree.path_sums(weights.t()).t()[:C]                   # node-major [C, B]
             mean = g.mean(0, keepdim=True, dtype=torch.float64).to(g.dtype)   # accumulated in float64
             g = ((g - mean) * grad_value).t()
         return (g if ctx.needs_input_grad[0] else None, -g if ctx.needs_input_grad[1] else None,
@@ -253,8 +267,10 @@ def _check_histograms(p: torch.Tensor, q: torch.Tensor, stats: Optional[np.ndarr
 def tree_emd(p: torch.Tensor, q: torch.Tensor, tree: Union[ClassTree, Sequence[int]],
              lengths: Optional[Union[torch.Tensor, Sequence[float]]] = None,
              rho: float = 2.0, compiled: Optional[bool] = None) -> torch.Tensor:
-    """EMD^rho [B] between histograms p, q [B, K] (non-negative, equal mass per row) on
-    ``tree`` (a :class:`ClassTree`, or a parent list [K] with edge ``lengths`` [K]).
+    """EMD^rho [B] between histograms p, q [B, C] (non-negative, equal mass per row) on
+    ``tree`` (a :class:`ClassTree`, or a parent list [K] with edge ``lengths`` [K]). C = K puts
+    mass on every node; C < K on the first C nodes only (the classes), and the gradient is then
+    projected over those C bins (eq. 15; see the module docstring).
 
     ``compiled``: None (default) runs the compiled kernel for float32/float64 tensors on the
     CPU and the sparse products otherwise; True or False chooses (the same numbers to rounding).
@@ -266,9 +282,10 @@ def tree_emd(p: torch.Tensor, q: torch.Tensor, tree: Union[ClassTree, Sequence[i
     for name, t in (("p", p), ("q", q)):
         if not isinstance(t, torch.Tensor) or not t.is_floating_point():
             raise EMDInputError(f"tree_emd: {name} must be a floating-point tensor [B, {K}]")
-    if p.shape != q.shape or p.dim() != 2 or p.shape[1] != K:
-        raise EMDInputError(f"tree_emd: p and q must both have shape [B, {K}] (one entry per tree "
-                            f"node), got {tuple(p.shape)} and {tuple(q.shape)}")
+    if p.shape != q.shape or p.dim() != 2 or not 1 <= p.shape[1] <= K:
+        raise EMDInputError(f"tree_emd: p and q must both have shape [B, C] with 1 <= C <= {K} (one "
+                            f"entry per tree node, or per class: the first C nodes), got "
+                            f"{tuple(p.shape)} and {tuple(q.shape)}")
     if not (isinstance(rho, (int, float)) and math.isfinite(rho) and rho >= 1):
         raise EMDInputError(f"tree_emd: rho must be a number >= 1, got {rho!r}")
     kernel_ok = p.device.type == "cpu" and p.dtype in (torch.float32, torch.float64)
@@ -306,7 +323,7 @@ class TreeEMDLoss(nn.Module):
         K = len(self.tree)
         if C > K:
             raise EMDInputError(f"TreeEMDLoss: logits have {C} classes but the tree has {K} nodes")
-        p = torch.cat([logits.softmax(-1), logits.new_zeros(B, K - C)], dim=1)
+        p = logits.softmax(-1)                            # mass on the C classes only (eq. 15)
         q = torch.zeros_like(p).scatter_(1, labels[:, None], 1.0)
         return tree_emd(p, q, self.tree, rho=self.rho).mean()
 
@@ -315,3 +332,136 @@ def load_class_tree(path: str, classes: Sequence[str], rho: float = 2.0,
                     where: str = "class tree") -> TreeEMDLoss:
     """A TreeEMDLoss over ``classes`` from a JSON tree file (see :meth:`ClassTree.from_json`)."""
     return TreeEMDLoss(ClassTree.from_json(path, classes, where=f"{where} {path!r}"), rho=rho)
+
+
+# --- Hierarchy-aware metrics, baselines and the paper's Sinkhorn loss -----------------------------
+# Bertinetto et al. (CVPR 2020, "Making Better Mistakes") measure a mistake by the height of the
+# lowest common ancestor (LCA) of prediction and truth; Karthik et al. (ICLR 2021) choose at test
+# time the class of least expected LCA height (CRM).
+
+
+def heights(tree: ClassTree) -> torch.Tensor:
+    """[K] float64: the height of each node, the longest path (sum of edge lengths) from it down to
+    a leaf of its subtree (0 for a leaf)."""
+    h = [0.0] * len(tree)
+    lengths = tree.lengths.tolist()
+    for v in reversed(tree._order.tolist()):              # children before parents
+        u = tree.parents[v]
+        if u >= 0:
+            h[u] = max(h[u], h[v] + lengths[v])
+    return torch.tensor(h, dtype=torch.float64)
+
+
+def lca_heights(tree: ClassTree, n_classes: Optional[int] = None) -> torch.Tensor:
+    """[C, C] float64: the height of the lowest common ancestor of classes i and j (the first
+    ``n_classes`` nodes, default all), 0 on the diagonal: the mistake severity of predicting j for
+    i (Bertinetto et al. 2020)."""
+    C = len(tree) if n_classes is None else int(n_classes)
+    if not 1 <= C <= len(tree):
+        raise ConfigError(f"lca_heights: n_classes must be in 1..{len(tree)}, got {n_classes}")
+    A = tree.ancestor_matrix()[:C].bool()                 # [C, K]
+    depth, height = tree.depths(), heights(tree)
+    out = torch.zeros(C, C, dtype=torch.float64)
+    for i in range(C):
+        common = A[i] & A                                 # [C, K]: common ancestors of i and each j
+        lca = torch.where(common, depth, -1.0).argmax(1)  # the deepest one
+        out[i] = height[lca]
+    out.fill_diagonal_(0.0)
+    return out
+
+
+def crm_scores(prob: torch.Tensor, cost: torch.Tensor) -> torch.Tensor:
+    """Conditional risk minimisation (Karthik et al. 2021): scores [N, C] = - sum_c prob[n, c]
+    cost[c, k], the negated expected cost of answering k; rank by them instead of prob [N, C].
+    ``cost`` [C, C] is e.g. :func:`lca_heights`."""
+    return -(prob @ cost.to(prob))
+
+
+def hierarchy_metrics(scores: torch.Tensor, labels: torch.Tensor, severity: torch.Tensor,
+                      k: int = 5) -> dict:
+    """Top-1 error (%), mistake severity (mean severity of the top-1 prediction over the
+    mistakes), and the average hierarchical distance of the top-1 and top-``k`` predictions
+    (mean severity over the k best-scored classes, correct ones counting 0, averaged over the
+    samples) for scores [N, C] (higher is better: probabilities, logits, :func:`crm_scores`),
+    labels [N] and severity [C, C] (:func:`lca_heights`; severity[y, j] for answering j)."""
+    if scores.dim() != 2 or labels.shape != scores.shape[:1] or severity.shape != (scores.shape[1],) * 2:
+        raise EMDInputError(f"hierarchy_metrics: expected scores [N, C], labels [N] and severity [C, C], got "
+                            f"{tuple(scores.shape)}, {tuple(labels.shape)} and {tuple(severity.shape)}")
+    if not 1 <= k <= scores.shape[1]:
+        raise EMDInputError(f"hierarchy_metrics: k must be in 1..{scores.shape[1]}, got {k}")
+    top = scores.topk(k, dim=1).indices                  # [N, k]
+    dist = severity.to(scores.device, torch.float64)[labels[:, None], top]     # [N, k]
+    wrong = top[:, 0] != labels
+    return {"top1_error": 100.0 * float(wrong.double().mean()),
+            "mistake_severity": float(dist[wrong, 0].mean()) if bool(wrong.any()) else 0.0,
+            "hdist_at_1": float(dist[:, 0].mean()),
+            f"hdist_at_{k}": float(dist.mean())}
+
+
+def soft_labels(labels: torch.Tensor, severity: torch.Tensor, beta: float) -> torch.Tensor:
+    """Soft targets [N, C] of Bertinetto et al. 2020: softmax over classes j of
+    -beta * severity[y, j] / max severity (so distances lie in [0, 1])."""
+    if not (math.isfinite(beta) and beta > 0):
+        raise ConfigError(f"soft_labels: beta must be a number > 0, got {beta!r}")
+    d = severity / severity.max().clamp_min(torch.finfo(torch.float64).tiny)
+    return torch.softmax(-beta * d[labels], dim=1)
+
+
+class HXELoss(nn.Module):
+    """Hierarchical cross-entropy (Bertinetto et al. 2020): the softmax over the C classes (the
+    first C nodes of ``tree``) gives every node v the probability P(v) of its subtree, and
+
+        HXE(y) = - sum over the nodes v on the path from y up to the root (root excluded) of
+                 exp(-alpha h(v)) log( P(v) / P(parent v) ),
+
+    h the node height (:func:`heights`). alpha = 0 is cross-entropy. Batch mean; memory
+    O(B C K) (the subtree log-probabilities by log-sum-exp)."""
+
+    def __init__(self, tree: ClassTree, n_classes: int, alpha: float):
+        super().__init__()
+        if not (math.isfinite(alpha) and alpha >= 0):
+            raise ConfigError(f"HXELoss: alpha must be a number >= 0, got {alpha!r}")
+        A = tree.ancestor_matrix()[:n_classes]                           # [C, K]
+        parent = torch.tensor(tree._parent)
+        weight = torch.exp(-alpha * heights(tree))
+        weight[tree.root] = 0.0
+        member = A.bool()                                                # class c under node v
+        member[:, ~member.any(0)] = True     # nodes above no class: off every path, kept finite
+        self.register_buffer("member", member)
+        self.register_buffer("path", A * weight)                         # [C, K]: weighted path of y
+        self.register_buffer("parent", parent)
+
+    def forward(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        logp = logits.log_softmax(-1)                                    # [B, C]
+        sub = logp[:, :, None].masked_fill(~self.member, float("-inf")).logsumexp(1)   # [B, K]
+        step = sub - sub[:, self.parent]                                 # log P(v) / P(parent v)
+        return -(self.path.to(logits)[labels] * step).sum(1).mean()
+
+
+class _SinkhornOneHot(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, prob, cost_y, lam):
+        ctx.save_for_backward(prob, cost_y)
+        ctx.lam = lam
+        return (prob * cost_y).sum(1)
+
+    @staticmethod
+    def backward(ctx, grad_value):
+        prob, cost_y = ctx.saved_tensors
+        g = cost_y + prob.clamp_min(torch.finfo(prob.dtype).tiny).log() / ctx.lam
+        g = g - g.mean(1, keepdim=True)
+        return g * grad_value[:, None], None, None
+
+
+def sinkhorn_onehot_loss(prob: torch.Tensor, labels: torch.Tensor, cost: torch.Tensor,
+                         lam: float) -> torch.Tensor:
+    """The Sinkhorn distance against one-hot labels as Martinez et al. 2016 train with it (the
+    "SD" loss): value [B] = <P, M> = sum_c prob[:, c] cost[c, y] (against a one-hot target the
+    only feasible plan sends all of prob to y, whatever lambda), gradient the converged
+    Sinkhorn dual log(u) / lambda, centred. For a one-hot b the Sinkhorn fixed point
+    u_c K_cy v_y = prob_c gives log(u_c) / lambda = cost[c, y] + log(prob_c) / lambda + const,
+    which is what the backward pass returns (exactly, without iterating).
+    prob [B, C] (rows summing to 1), labels [B], cost [C, C]."""
+    if not (math.isfinite(lam) and lam > 0):
+        raise ConfigError(f"sinkhorn_onehot_loss: lam must be a number > 0, got {lam!r}")
+    return _SinkhornOneHot.apply(prob, cost.to(prob)[:, labels].t(), float(lam))
