@@ -161,7 +161,7 @@ def train_one(loss_name, seed, train, test, losses, args):
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     images, labels = train
-    model = nn.Sequential(create_backbone("conv4"), nn.Linear(64, losses.C))
+    model = nn.Sequential(create_backbone("conv4"), nn.Linear(64, losses.C)).to(memory_format=torch.channels_last)
     opt = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9, weight_decay=5e-4, nesterov=True)
     steps_per_epoch = math.ceil(len(images) / args.batch)
     total = steps_per_epoch * args.epochs
@@ -174,7 +174,9 @@ def train_one(loss_name, seed, train, test, losses, args):
         for i in range(0, len(images), args.batch):
             idx = order[i:i + args.batch]
             x = augment((images[idx].float() / 255 - mean) / std, gen)
-            loss = losses(loss_name, model(x), labels[idx])
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16):
+                logits = model(x.contiguous(memory_format=torch.channels_last))
+            loss = losses(loss_name, logits.float(), labels[idx])      # every loss in float32
             if not torch.isfinite(loss):
                 raise FewShotError(f"{loss_name} seed {seed}: the loss became {float(loss)} at epoch {epoch}")
             opt.zero_grad(set_to_none=True)
@@ -281,6 +283,8 @@ def main(argv=None) -> int:
     parser.add_argument("--sd-lambda", type=float, default=1.0, help="Sinkhorn lambda per WordNet edge (sd+ce)")
     parser.add_argument("--soft-beta", type=float, default=10.0, help="soft labels' beta (soft)")
     parser.add_argument("--hxe-alpha", type=float, default=0.1, help="HXE's alpha per WordNet edge of height (hxe)")
+    parser.add_argument("--bf16", action="store_true",
+                        help="the network under bfloat16 autocast (CPUs with avx512_bf16 / amx_bf16); losses in float32")
     parser.add_argument("--out", required=True)
     parser.add_argument("--report", action="store_true", help="only write the table and plot from runs.json")
     parser.add_argument("--merge", nargs="*", default=[], help="with --report: more run folders to include")
@@ -328,7 +332,7 @@ def main(argv=None) -> int:
                                     argparse.Namespace(**{**vars(args), "epochs": epochs[per_class]}))
                     runs.append({"per_class": per_class, "loss": loss, "seed": seed, "epochs": epochs[per_class],
                                  "image_size": args.image_size, "classes": len(classes),
-                                 "settings": {"sd_lambda": args.sd_lambda, "soft_beta": args.soft_beta,
+                                 "settings": {"bf16": args.bf16, "sd_lambda": args.sd_lambda, "soft_beta": args.soft_beta,
                                               "hxe_alpha": args.hxe_alpha}, **run})
                     tmp = path + ".tmp"
                     with open(tmp, "w") as f:
