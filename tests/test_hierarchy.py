@@ -139,7 +139,9 @@ def test_class_tree_errors(call, match):
     ([[0.5, 0.5, float("nan")]], [[0.5, 0.5, 0.0]], "p contains NaN"),
     ([[0.5, 0.5, 0.0]], [[1.5, -0.5, 0.0]], "q has negative entries"),
     ([[0.5, 0.5, 0.0]], [[0.5, 0.2, 0.0]], "equal mass per row; row 0"),
-    ([[0.5, 0.5]], [[0.5, 0.5]], r"shape \[B, 3\]"),
+    ([[0.5, 0.5, 0.0, 0.0]], [[0.5, 0.5, 0.0, 0.0]], r"shape \[B, C\] with 1 <= C <= 3"),
+    ([[0.5, 0.5]], [[0.5, 0.5, 0.0]], r"shape \[B, C\]"),
+    (np.zeros((0, 3)), np.zeros((0, 3)), r"holds no histogram"),
 ])
 def test_tree_emd_rejects_bad_histograms(p, q, match):
     with pytest.raises(EMDInputError, match=match):
@@ -318,3 +320,110 @@ def test_sinkhorn_shared_cost_drops_converged_problems_without_copying_the_cost(
     assert shared.info["engine"] == "kernel" and bool(shared.info["converged"].all())
     torch.testing.assert_close(shared.value, dense.value, rtol=1e-12, atol=0)
     torch.testing.assert_close(shared.plan, dense.plan, rtol=0, atol=1e-12)
+
+
+# ------------------------------------------------- eq. 15, hierarchy metrics and baselines
+
+@pytest.mark.parametrize("compiled", [True, False])
+@pytest.mark.parametrize("rho", [1.0, 2.0, 1.5])
+def test_tree_emd_gradient_on_class_leaves_is_eq_15(imagenet_tree, rho, compiled):
+    """Mass on the 1,000 classes (the leaves) of the 1,372-node tree: the gradient is eq. 15 of
+    Martinez et al. 2016, the path sums of w_v = length_v rho |S_v|^(rho-1) sign(S_v) at each
+    bin, projected over the N = 1,000 bins; latent nodes have no entry."""
+    C, K = 1000, len(imagenet_tree)
+    p, q = (t[:, :C].clone() for t in histograms(6, C, K, seed=11))
+    pg = p.clone().requires_grad_(True)
+    grad, = torch.autograd.grad(tree_emd(pg, q, imagenet_tree, rho=rho, compiled=compiled).sum(), pg)
+    # the formula, dense and in numpy
+    A = imagenet_tree.ancestor_matrix().numpy()                  # A[u, v] = 1: v is u or above u
+    lengths = imagenet_tree.lengths.numpy()
+    diff = np.concatenate([(p - q).numpy(), np.zeros((6, K - C))], 1)
+    S = diff @ A                                                 # subtree sums
+    w = lengths * rho * np.abs(S) ** (rho - 1) * np.sign(S)
+    path = (w @ A.T)[:, :C]                                      # sum over the ancestors-or-self
+    expected = path - path.mean(1, keepdims=True)
+    np.testing.assert_allclose(grad.numpy(), expected, rtol=0, atol=1e-9)
+    # the value does not depend on where the zeros are written
+    p_full, q_full = (torch.cat([t, torch.zeros(6, K - C, dtype=t.dtype)], 1) for t in (p, q))
+    torch.testing.assert_close(tree_emd(p, q, imagenet_tree, rho=rho), tree_emd(p_full, q_full, imagenet_tree, rho=rho),
+                               rtol=1e-12, atol=0)
+    # with mass allowed on every node the projection is over all K nodes
+    pf = p_full.clone().requires_grad_(True)
+    full, = torch.autograd.grad(tree_emd(pf, q_full, imagenet_tree, rho=rho, compiled=compiled).sum(), pf)
+    all_nodes = w @ A.T
+    np.testing.assert_allclose(full.numpy(), all_nodes - all_nodes.mean(1, keepdims=True), rtol=0, atol=1e-9)
+
+
+def small_class_tree():
+    """c0, c1 under A (edges 1), c2 under B (edge 1), A and B under the root (edges 1 and 2):
+    heights A 1, B 1, root 3; LCA heights c0-c1 1, c0-c2 3, c1-c2 3."""
+    return ClassTree([3, 3, 4, 5, 5, -1], [1, 1, 1, 1, 2, 0], ["c0", "c1", "c2", "A", "B", "root"])
+
+
+def test_heights_and_lca_heights_by_hand():
+    from fewshot.emd.hierarchy import heights, lca_heights
+    tree = small_class_tree()
+    assert heights(tree).tolist() == [0, 0, 0, 1, 1, 3]
+    assert lca_heights(tree, 3).tolist() == [[0, 1, 3], [1, 0, 3], [3, 3, 0]]
+
+
+def test_hierarchy_metrics_and_crm_by_hand():
+    from fewshot.emd.hierarchy import crm_scores, hierarchy_metrics, lca_heights
+    severity = lca_heights(small_class_tree(), 3)
+    scores = torch.tensor([[0.10, 0.70, 0.20],     # label 0: top-1 c1 (severity 1), top-2 c1, c2 (1, 3)
+                           [0.50, 0.20, 0.30],     # label 2: top-1 c0 (3), top-2 c0, c2 (3, 0)
+                           [0.15, 0.60, 0.25]])    # label 1: top-1 right (0), top-2 c1, c2 (0, 3)
+    labels = torch.tensor([0, 2, 1])
+    got = hierarchy_metrics(scores, labels, severity, k=2)
+    assert got["top1_error"] == pytest.approx(200 / 3)
+    assert got["mistake_severity"] == pytest.approx(2.0)          # (1 + 3) / 2 mistakes
+    assert got["hdist_at_1"] == pytest.approx(4 / 3)
+    assert got["hdist_at_2"] == pytest.approx(10 / 6)
+    # CRM: expected LCA height of answering k; [0.44, 0.10, 0.46] risks 1.48, 1.82, 1.62 -> c0
+    prob = torch.tensor([[0.44, 0.10, 0.46]], dtype=torch.float64)
+    torch.testing.assert_close(-crm_scores(prob, severity), torch.tensor([[1.48, 1.82, 1.62]], dtype=torch.float64))
+    assert hierarchy_metrics(crm_scores(prob, severity), torch.tensor([0]), severity, k=1)["top1_error"] == 0
+    assert hierarchy_metrics(prob, torch.tensor([0]), severity, k=1)["mistake_severity"] == 3.0
+    with pytest.raises(EMDInputError, match="k must be in 1..3"):
+        hierarchy_metrics(scores, labels, severity, k=4)
+
+
+def test_soft_labels_and_hxe_by_hand():
+    from fewshot.emd.hierarchy import HXELoss, lca_heights, soft_labels
+    tree = small_class_tree()
+    severity = lca_heights(tree, 3)
+    target = soft_labels(torch.tensor([0]), severity, beta=3.0)[0]
+    expected = torch.tensor([1.0, np.exp(-1.0), np.exp(-3.0)], dtype=torch.float64)
+    torch.testing.assert_close(target, expected / expected.sum())
+    logits = torch.tensor([[0.3, -1.2, 0.8], [2.0, 0.1, -0.5]], dtype=torch.float64)
+    labels = torch.tensor([0, 2])
+    # alpha 0: the terms telescope to -log p_y, cross-entropy
+    torch.testing.assert_close(HXELoss(tree, 3, 0.0)(logits, labels),
+                               torch.nn.functional.cross_entropy(logits, labels))
+    # alpha 0.5: label 0 -> -(log p0/(p0+p1) + e^-0.5 log(p0+p1)); label 2 -> -(log p2/p2 + e^-0.5 log p2)
+    p = logits.softmax(-1)
+    w = np.exp(-0.5)
+    first = -(torch.log(p[0, 0] / (p[0, 0] + p[0, 1])) + w * torch.log(p[0, 0] + p[0, 1]))
+    second = -(w * torch.log(p[1, 2]))
+    torch.testing.assert_close(HXELoss(tree, 3, 0.5)(logits, labels), (first + second) / 2)
+
+
+def test_sinkhorn_onehot_loss_gradient_is_the_converged_sinkhorn_dual():
+    """The paper's SD gradient log(u) / lambda: for a one-hot target the zero columns drop out,
+    and POT's Sinkhorn on the remaining column gives u; centred, it is the loss's gradient."""
+    from fewshot.emd.hierarchy import sinkhorn_onehot_loss
+    tree = small_class_tree()
+    cost = tree.distances()[:3, :3]
+    g = torch.Generator().manual_seed(3)
+    prob = torch.rand(4, 3, generator=g, dtype=torch.float64).softmax(-1)
+    labels = torch.tensor([0, 1, 2, 1])
+    lam = 2.0
+    pg = prob.clone().requires_grad_(True)
+    value = sinkhorn_onehot_loss(pg, labels, cost, lam)
+    grad, = torch.autograd.grad(value.sum(), pg)
+    for i, y in enumerate(labels.tolist()):
+        M = cost[:, y:y + 1].numpy()
+        plan, log = ot.sinkhorn(prob[i].numpy(), np.ones(1), M, reg=1 / lam, log=True, stopThr=1e-14)
+        assert value[i].item() == pytest.approx(float((plan * M).sum()), abs=1e-12)
+        ref = np.log(log["u"]) / lam
+        np.testing.assert_allclose(grad[i].numpy(), ref - ref.mean(), rtol=0, atol=1e-10)

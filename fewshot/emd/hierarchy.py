@@ -286,6 +286,8 @@ def tree_emd(p: torch.Tensor, q: torch.Tensor, tree: Union[ClassTree, Sequence[i
         raise EMDInputError(f"tree_emd: p and q must both have shape [B, C] with 1 <= C <= {K} (one "
                             f"entry per tree node, or per class: the first C nodes), got "
                             f"{tuple(p.shape)} and {tuple(q.shape)}")
+    if p.shape[0] == 0:
+        raise EMDInputError(f"tree_emd: p {tuple(p.shape)} holds no histogram")
     if not (isinstance(rho, (int, float)) and math.isfinite(rho) and rho >= 1):
         raise EMDInputError(f"tree_emd: rho must be a number >= 1, got {rho!r}")
     kernel_ok = p.device.type == "cpu" and p.dtype in (torch.float32, torch.float64)
