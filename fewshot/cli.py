@@ -133,12 +133,16 @@ def _run(main, argv: Optional[List[str]]) -> int:
 def _train(argv: Optional[List[str]]) -> int:
     parser = _Parser(
         prog="train.py", description="Train a few-shot classifier (pretrain and/or meta stage).")
-    parser.add_argument("--config", default=DEFAULT_CONFIG, help="YAML config (default: %(default)s)")
+    parser.add_argument("--config", help="YAML config (default: with --resume, the run's OUT/config.yaml; "
+                        f"else {os.path.relpath(DEFAULT_CONFIG)})")
     parser.add_argument("--stage", choices=["pretrain", "meta", "both"], help="stage(s) to run")
     parser.add_argument("--seed", type=int, help="run.seed")
     parser.add_argument("--out", help="output folder (run.out)")
     parser.add_argument("--resume", nargs="?", const="", default=None, metavar="CHECKPOINT",
                         help="continue from CHECKPOINT (default: the stage's last.pt in --out)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="a stage folder of --out that holds an earlier run is moved aside to "
+                             "STAGE.previous-N (without it, such a folder is refused)")
     parser.add_argument("--max-steps", type=int, help="stop each stage after N optimisation steps (it still validates on "
                         "{pretrain,meta}.val_episodes episodes at the end; lower them for a quick try)")
     _common(parser)
@@ -151,18 +155,28 @@ def _train(argv: Optional[List[str]]) -> int:
         "data_root": "data.root", "dataset": "data.name", "way": "episode.n_way",
         "shot": "episode.n_shot", "query": "episode.n_query", "seed": "run.seed", "device": "run.device", "out": "run.out",
         "max_steps": "run.max_steps", "stage": "run.stage"}) + args.overrides
-    config = load_config(args.config, overrides)
+    if args.resume is not None and args.overwrite:
+        raise FewShotError("--resume continues the run in --out and --overwrite moves it aside: pass one")
+    config_path = args.config
+    if config_path is None:
+        run_config = os.path.join(args.out or "", "config.yaml")
+        if args.resume is not None and args.out and os.path.isfile(run_config):
+            config_path = run_config              # the run folder is enough to resume it
+            print(f"resuming the run in {args.out} with its config {run_config}")
+        else:
+            config_path = DEFAULT_CONFIG
+    config = load_config(config_path, overrides)
     from .engine import meta_train, pretrain  # heavy imports after the arguments are checked
 
     stage = config.run.stage
     if stage not in ("pretrain", "meta", "both"):
         raise FewShotError(f"run.stage: {stage!r} is not one of pretrain, meta, both")
     if stage in ("pretrain", "both"):
-        best = pretrain(config, resume=args.resume)
+        best = pretrain(config, resume=args.resume, overwrite=args.overwrite)
         if stage == "both":
             config.meta.pretrained = best
     if stage in ("meta", "both"):
-        meta_train(config, resume=args.resume)
+        meta_train(config, resume=args.resume, overwrite=args.overwrite)
     return 0
 
 

@@ -21,10 +21,14 @@ CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m fewshot.demo", description=__doc__)
     parser.add_argument("--config", default=CONFIG)
-    parser.add_argument("--out", default="runs/demo")
+    parser.add_argument("--out", help="run folder (default: runs/demo, or runs/demo-N when taken)")
     parser.add_argument("--episodes", type=int, default=600)
     args, extra = parser.parse_known_args(argv)
     start = time.perf_counter()
+    if args.out is None:                  # a new folder: a finished run is never written over
+        args.out, k = "runs/demo", 2
+        while os.path.exists(args.out):
+            args.out, k = f"runs/demo-{k}", k + 1
     root = generate(default_root())
     print(f"synthetic dataset: {root} (64 train / 16 val / 20 test classes)")
     code = train_main(["--config", args.config, "--data-root", root, "--out", args.out, *extra])

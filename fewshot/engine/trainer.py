@@ -162,33 +162,53 @@ def episode_sampler(config: Config, split: str, n_way: int, n_shot: int, n_query
     return EpisodeSampler(dataset, n_way, n_shot, n_query, seed=seed)
 
 
-def _prepare(config: Config, name: str) -> Tuple[str, torch.device, FewShotClassifier]:
+def _prepare(config: Config, name: str, resume: Optional[str],
+             overwrite: bool) -> Tuple[str, torch.device, FewShotClassifier]:
     """The stage's folder, device and model: the model is built (seeded by run.seed) and
     --out locked (:func:`lock_folder`) before anything is read from it; nothing is written
-    until :func:`_begin`, so a bad option, checkpoint or tree leaves no output behind."""
+    until :func:`_begin`, so a bad option, checkpoint or tree leaves no output behind. A stage
+    folder that already holds a run is that run's (:func:`_claim`)."""
     seed_everything(config.run.seed)
     model = build_model(config)
     folder = os.path.join(config.run.out, name)
     device = ddp.setup(resolve_device(config.run.device))
     if ddp.is_main():
         lock_folder(config.run.out)
+        _claim(folder, name, resume, overwrite)
     return folder, device, model.to(device)
+
+
+def _claim(folder: str, name: str, resume: Optional[str], overwrite: bool) -> None:
+    """A stage folder belongs to one run: one that holds files is continued (``resume``), moved
+    aside to ``FOLDER.previous-N`` (``overwrite``) or refused, never written over."""
+    held = sorted(os.listdir(folder)) if os.path.isdir(folder) else []
+    if not held or resume is not None:
+        return
+    k = 1
+    while os.path.exists(f"{folder}.previous-{k}"):
+        k += 1
+    aside = f"{folder}.previous-{k}"
+    if not overwrite:
+        shown = ", ".join(held[:4]) + (", ..." if len(held) > 4 else "")
+        raise FewShotError(f"--out {os.path.dirname(folder)!r} already holds a {name} run ({folder}: {shown}); "
+                           f"pass --resume to continue it, --overwrite to move it aside to {aside}, "
+                           f"or train into another --out")
+    os.replace(folder, aside)
+    log(f"[{name}] the earlier {name} run in {folder} moved aside to {aside}")
 
 
 def _begin(config: Config, folder: str) -> None:
     """The stage's first writes, once every check has passed: its folder (temporaries of an
-    interrupted write removed), its config.yaml, and the run's config.yaml (written by the
-    first stage of the run, not replaced by the next)."""
+    interrupted write removed), its config.yaml, and the run's config.yaml (the config of the
+    stage begun last, which ``train.py --out RUN --resume`` continues)."""
     if not ddp.is_main():
         return
     os.makedirs(folder, exist_ok=True)
     stale = remove_stale_temporaries(folder)
     if stale:
         log(f"removed {stale} incomplete checkpoint file(s) of an interrupted write in {folder}")
-    top = os.path.join(config.run.out, "config.yaml")
-    if not os.path.exists(top):
-        save_config(config, top)
     save_config(config, os.path.join(folder, "config.yaml"))
+    save_config(config, os.path.join(config.run.out, "config.yaml"))    # the stage begun last
 
 
 def _validator(config: Config, model: FewShotClassifier, device: torch.device, stage: str,
@@ -207,8 +227,10 @@ def _validator(config: Config, model: FewShotClassifier, device: torch.device, s
     return validate
 
 
-def pretrain(config: Config, resume: Optional[str] = None) -> str:
-    """Classification pretraining over all train classes; returns the best checkpoint path."""
+def pretrain(config: Config, resume: Optional[str] = None, overwrite: bool = False) -> str:
+    """Classification pretraining over all train classes; returns the best checkpoint path.
+    ``resume``: None (a new run), "" (the stage's last.pt) or a checkpoint path; ``overwrite``
+    moves an earlier run in the stage folder aside instead of refusing it."""
     p = config.pretrain
     train_set = load_split(config, config.data.train_split, train=True)  # data errors first
     steps_per_epoch = len(train_set) // p.batch_size
@@ -222,7 +244,7 @@ def pretrain(config: Config, resume: Optional[str] = None) -> str:
     emd_loss = None
     if p.emd_loss_weight > 0:         # with a class tree (checked when the config loaded)
         emd_loss = load_class_tree(p.class_tree, train_set.classes, p.emd_loss_rho, where="pretrain.class_tree")
-    folder, device, model = _prepare(config, "pretrain")     # the first write, after every check
+    folder, device, model = _prepare(config, "pretrain", resume, overwrite)   # after every check
     n_classes = len(train_set.classes)
     if p.head == "cosine":
         head = CosineClassifier(model.backbone.num_channels, n_classes, p.head_scale).to(device)
@@ -366,8 +388,9 @@ def load_pretrained(model: FewShotClassifier, path: str, key: str = "meta.pretra
     return loaded
 
 
-def meta_train(config: Config, resume: Optional[str] = None) -> str:
-    """Episodic training; returns the best checkpoint path."""
+def meta_train(config: Config, resume: Optional[str] = None, overwrite: bool = False) -> str:
+    """Episodic training; returns the best checkpoint path (``resume``, ``overwrite``: as in
+    :func:`pretrain`)."""
     m, e = config.meta, config.episode
     train_set = load_split(config, config.data.train_split, train=True)  # data errors first
     n_way = m.n_way or e.n_way            # training episodes may have more classes than tested
@@ -376,7 +399,7 @@ def meta_train(config: Config, resume: Optional[str] = None) -> str:
     except FewShotError as err:
         key = "meta.n_way" if m.n_way else "episode.n_way"
         raise type(err)(f"meta-training episodes ({key} {n_way}): {err}") from None
-    folder, device, model = _prepare(config, "meta")
+    folder, device, model = _prepare(config, "meta", resume, overwrite)
     if m.pretrained:
         load_pretrained(model, m.pretrained)
         log(f"[meta] backbone initialised from {m.pretrained}")
