@@ -60,6 +60,38 @@ def atomic_write_text(path: str, text: str) -> None:
     _atomic(path, lambda f: f.write(text.encode()))
 
 
+def write_new_text(path: str, text: str, numbered: bool = False) -> str:
+    """Write ``text`` to a file that does not exist yet, atomically and exclusively: written to a
+    temporary file, then hard-linked to ``path``, which fails if another writer got there first.
+    ``numbered``: then ``STEM_2.EXT``, ``STEM_3.EXT``, ... are tried, so concurrent writers each
+    keep their result; else FewShotError. Returns the path written."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=_SUFFIX, dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(text.encode())
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
+        stem, ext = os.path.splitext(path)
+        target, k = path, 2
+        while True:
+            try:
+                os.link(tmp, target)
+                return target
+            except FileExistsError:
+                if not numbered:
+                    raise FewShotError(f"{path!r} already exists; an output never replaces a file: "
+                                       f"choose another path") from None
+                target, k = f"{stem}_{k}{ext}", k + 1
+    except OSError as e:
+        raise FewShotError(f"cannot write {path!r}: {e.strerror or e}") from None
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
 def save_checkpoint(path: str, state: Dict[str, Any]) -> None:
     """Write ``state`` with ``torch.save`` to a temporary file, then rename it over ``path``."""
     _atomic(path, lambda f: torch.save(state, f))

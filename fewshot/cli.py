@@ -39,6 +39,17 @@ def _common(parser: argparse.ArgumentParser) -> None:
                         help="set any config key, e.g. meta.lr=0.001 model.options.solver=exact")
 
 
+def _positive(text: str) -> int:
+    """argparse type of a count flag: an integer >= 1 (0 is never read as 'the default')."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
 def _parse(parser: argparse.ArgumentParser, argv: Optional[List[str]]) -> argparse.Namespace:
     """Parse flags; ``key=value`` overrides may stand anywhere among them."""
     args, rest = parser.parse_known_args(argv)
@@ -77,10 +88,10 @@ def _one_line(e: FewShotError) -> str:
 
 
 def _result_path(checkpoint: str, config, info: dict, n_way: int, n_shot: int, n_episodes: int) -> str:
-    """The default result file beside the checkpoint (in the working folder for a shipped
-    model's name, which it starts with), named by what it measured (dataset, split, way/shot,
-    method and solver, episodes, seed or manifest); an existing file is never replaced (``_2``,
-    ``_3``, ... are appended)."""
+    """The default result file beside the checkpoint (in runs/eval/ of the working folder for a
+    shipped model's name, which it starts with), named by what it measured (dataset, split,
+    way/shot, method and solver, episodes, seed or manifest); an existing file is never replaced
+    (written with ``_2``, ``_3``, ... appended, see :func:`write_new_text`)."""
     ev = config.eval
     method = config.model.method + (f"-{info['eval_solver']}" if "eval_solver" in info else "")
     normalize = (config.model.options or {}).get("normalize")
@@ -89,13 +100,56 @@ def _result_path(checkpoint: str, config, info: dict, n_way: int, n_shot: int, n
                 else f"seed{ev.seed}")
     folder, name = os.path.dirname(os.path.abspath(checkpoint)), ""
     if not os.path.isfile(checkpoint):                    # a shipped model's name
-        folder, name = os.getcwd(), checkpoint + "_"
-    stem = os.path.join(folder, f"eval_{name}{config.data.name}_{ev.split}_{n_way}way{n_shot}shot_{method}_"
-                        f"{n_episodes}ep_{episodes}")
-    path, k = stem + ".json", 2
-    while os.path.exists(path):
-        path, k = f"{stem}_{k}.json", k + 1
-    return path
+        folder, name = os.path.abspath(os.path.join("runs", "eval")), checkpoint + "_"
+    return os.path.join(folder, f"eval_{name}{config.data.name}_{ev.split}_{n_way}way{n_shot}shot_{method}_"
+                        f"{n_episodes}ep_{episodes}.json")
+
+
+def _check_outputs(outputs: dict, inputs: dict) -> None:
+    """Every output path (flag -> path) is new: it names no existing file, no input (flag -> a
+    path or a list of paths; a path inside an input folder counts too) and no other output."""
+    seen = {}
+    ins = [(flag, os.path.realpath(p)) for flag, paths in inputs.items() if paths
+           for p in ([paths] if isinstance(paths, str) else paths)]
+    for flag, path in outputs.items():
+        if not path:
+            continue
+        real = os.path.realpath(path)
+        for in_flag, source in ins:
+            if real == source or real.startswith(source.rstrip(os.sep) + os.sep):
+                raise FewShotError(f"{flag} {path!r} names the input {in_flag} {source!r}; an output never "
+                                   f"replaces or joins an input: choose another path")
+        if real in seen:
+            raise FewShotError(f"{flag} {path!r} is also {seen[real]}; give each output its own path")
+        seen[real] = flag
+        _check_writable(flag, path)
+        if os.path.lexists(path):
+            raise FewShotError(f"{flag} {path!r} already exists; an output never replaces a file: "
+                               f"choose another path")
+
+
+def provenance() -> dict:
+    """When and with what a result was made: UTC time, the package's git commit (None outside a
+    checkout), and the versions of Python and the main packages."""
+    import datetime
+    import platform
+    import subprocess
+
+    import numpy
+    import torch
+    import torchvision
+
+    from . import __version__
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    try:
+        commit = subprocess.run(["git", "-C", root, "rev-parse", "HEAD"], capture_output=True, text=True,
+                                timeout=10).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        commit = None
+    return {"time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "commit": commit, "versions": {"fewshot": __version__, "python": platform.python_version(),
+                                           "torch": torch.__version__, "torchvision": torchvision.__version__,
+                                           "numpy": numpy.__version__}}
 
 
 def _check_writable(flag: str, path: str) -> None:
@@ -143,7 +197,7 @@ def _train(argv: Optional[List[str]]) -> int:
     parser.add_argument("--overwrite", action="store_true",
                         help="a stage folder of --out that holds an earlier run is moved aside to "
                              "STAGE.previous-N (without it, such a folder is refused)")
-    parser.add_argument("--max-steps", type=int, help="stop each stage after N optimisation steps (it still validates on "
+    parser.add_argument("--max-steps", type=_positive, help="stop each stage after N optimisation steps (it still validates on "
                         "{pretrain,meta}.val_episodes episodes at the end; lower them for a quick try)")
     _common(parser)
     args = _parse(parser, argv)
@@ -184,7 +238,7 @@ def _eval(argv: Optional[List[str]]) -> int:
     parser = _Parser(
         prog="eval.py", description="Evaluate a checkpoint on fixed few-shot episodes.")
     parser.add_argument("--checkpoint", required=True, help="a best.pt / last.pt written by train.py")
-    parser.add_argument("--episodes", type=int, help="number of episodes (default 5000 for 1-shot, 600 otherwise)")
+    parser.add_argument("--episodes", type=_positive, help="number of episodes (default 5000 for 1-shot, 600 otherwise)")
     parser.add_argument("--episodes-file", help="evaluate on the episodes of this manifest (JSON/CSV)")
     parser.add_argument("--write-episodes", help="write the evaluated episodes to this manifest")
     parser.add_argument("--split", help="split to evaluate (eval.split, default test)")
@@ -198,7 +252,7 @@ def _eval(argv: Optional[List[str]]) -> int:
     from .data import write_manifest
     from .engine import episode_sampler, evaluate, format_result, load_trained
     from .engine.evaluate import progress_bars
-    from ._io import atomic_write_text
+    from ._io import write_new_text
 
     overrides = _flag_overrides(args, EVAL_FLAGS)
     config, model = load_trained(args.checkpoint, overrides + args.overrides)
@@ -227,24 +281,31 @@ def _eval(argv: Optional[List[str]]) -> int:
                            f"{ev.episodes_file!r}")
     info = getattr(model, "describe", lambda: {})()
     path = args.result or _result_path(args.checkpoint, config, info, n_way, n_shot, n_episodes)
-    for flag, target in (("--result", path), ("--write-episodes", args.write_episodes)):
-        if target:
-            _check_writable(flag, target)
+    inputs = {"--checkpoint": args.checkpoint if os.path.isfile(args.checkpoint) else None,
+              "--episodes-file": ev.episodes_file, "--data-root": config.data.root}
+    _check_outputs({"--write-episodes": args.write_episodes, "--result": args.result}, inputs)
+    if not args.result:                  # the default name: numbered on writing if taken
+        _check_writable("--result", path)
     print(f"evaluating {args.checkpoint}: {config.model.method}/{config.model.backbone}, "
           f"{n_way}-way {n_shot}-shot, {n_episodes} episodes of split {ev.split!r} on {device}")
     if config.run.channels_last:
         model.to(memory_format=torch.channels_last)
     result = evaluate(model, sampler, n_episodes, device, cache_features=not args.no_cache,
                       progress=progress_bars(config.run.progress), channels_last=config.run.channels_last)
-    result.update({"checkpoint": args.checkpoint, "method": config.model.method,
+    config.data.root = os.path.abspath(config.data.root)
+    if ev.episodes_file:
+        ev.episodes_file = os.path.abspath(ev.episodes_file)
+    result.update({"checkpoint": os.path.abspath(args.checkpoint) if os.path.isfile(args.checkpoint)
+                   else args.checkpoint, "method": config.model.method,
                    "backbone": config.model.backbone, "dataset": config.data.name,
                    "split": ev.split, "n_way": n_way, "n_shot": n_shot,
                    "n_query": sampler.n_query, "seed": ev.seed,
                    "episodes_file": ev.episodes_file, **info,
-                   "overrides": overrides + list(args.overrides), "config": config.to_dict()})
+                   "overrides": overrides + list(args.overrides), "config": config.to_dict(),
+                   "provenance": provenance()})
     print(f"{n_way}-way {n_shot}-shot accuracy: {format_result(result)}"
           + "".join(f", {k}={v}" for k, v in info.items()))
-    atomic_write_text(path, json.dumps(result, indent=1))
+    path = write_new_text(path, json.dumps(result, indent=1), numbered=not args.result)
     print(f"result written to {path}")
     if args.write_episodes:
         write_manifest(args.write_episodes, sampler.dataset,
@@ -299,11 +360,15 @@ def _visualize(argv: Optional[List[str]]) -> int:
     bad = [q for q in args.queries if not 0 <= q < n_queries]
     if bad:
         raise FewShotError(f"--queries {bad}: the episode has queries 0 .. {n_queries - 1}")
+    paths = ([f"{os.path.splitext(args.out)[0]}_q{q}.png" for q in args.queries] if args.per_query
+             else [args.out])
+    _check_outputs({f"--out ({p})": p for p in paths},
+                   {"--checkpoint": args.checkpoint if os.path.isfile(args.checkpoint) else None,
+                    "--episodes-file": ev.episodes_file, "--data-root": config.data.root})
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     explanations = explain_episode(model, episode, args.queries, args.top_flows)
     groups = [[x] for x in explanations] if args.per_query else [explanations]
-    for group in groups:
-        path = (f"{os.path.splitext(args.out)[0]}_q{group[0].query}.png" if args.per_query else args.out)
+    for group, path in zip(groups, paths):
         figure = draw(group, episode)
         figure.savefig(path, dpi=110)
         print(f"episode {args.episode}, queries {[x.query for x in group]}: written {path}")
@@ -356,6 +421,12 @@ def _predict(argv: Optional[List[str]]) -> int:
             queries.append(q)
         else:
             raise FewShotError(f"--query {q!r}: no such file or folder")
+    if args.explain:
+        stem, ext = os.path.splitext(args.explain)
+        pictures = [args.explain] if len(queries) == 1 else [f"{stem}_q{i}{ext}" for i in range(len(queries))]
+        _check_outputs({f"--explain ({p})": p for p in pictures},
+                       {"--support": args.support, "--query": args.query,
+                        "--checkpoint": args.checkpoint if os.path.isfile(args.checkpoint) else None})
     from .api import load
     clf = load(args.checkpoint, device=args.device)
     if args.explain and not clf.model.offers_matching:
@@ -363,16 +434,14 @@ def _predict(argv: Optional[List[str]]) -> int:
                            f"{args.checkpoint!r} has no matching to draw (DeepEMD models do)")
     clf.fit(support, labels)
     proba = clf.predict_proba(queries)
-    pictures = []
     if args.explain:
         from .viz import draw
         os.makedirs(os.path.dirname(os.path.abspath(args.explain)), exist_ok=True)
         explanations, episode = clf.explain(queries, args.top_flows)
-        stem, ext = os.path.splitext(args.explain)
-        for e in explanations:
-            path = args.explain if len(queries) == 1 else f"{stem}_q{e.query}{ext}"
+        for e, path in zip(explanations, pictures):
             draw([e], episode).savefig(path, dpi=110)
-            pictures.append(path)
+    else:
+        pictures = []
     shots = sorted({labels.count(c) for c in classes})
     rows = [{"query": q, "prediction": classes[int(p.argmax())],
              "probabilities": {c: round(float(v), 4) for c, v in zip(classes, p)}} for q, p in zip(queries, proba)]

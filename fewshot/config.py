@@ -150,7 +150,28 @@ def _mapping_without_duplicates(loader, node, deep=False):
                 None, None, f"key {key!r} is given twice in one mapping (the first would be "
                             f"silently replaced)", key_node.start_mark)
         seen.add(key)
-    return loader.construct_mapping(node, deep=deep)
+    mapping = loader.construct_mapping(node, deep=deep)
+    for key_node, value_node in node.value:          # ``run:`` with nothing under it
+        if isinstance(value_node, yaml.ScalarNode) and value_node.tag.endswith(":null") and value_node.value == "":
+            mapping[loader.construct_object(key_node)] = _EMPTY
+    return mapping
+
+
+class _Empty:
+    """An empty section in a YAML file (``run:`` and nothing under it): over a ``base:`` it
+    changes nothing, where ``run: null`` resets the inherited section; elsewhere it is None."""
+
+    def __repr__(self) -> str:
+        return "None"
+
+
+_EMPTY = _Empty()
+
+
+def _strip_empty(data: Any) -> Any:
+    if isinstance(data, dict):
+        return {k: _strip_empty(v) for k, v in data.items()}
+    return None if data is _EMPTY else data
 
 
 _UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping_without_duplicates)
@@ -175,19 +196,38 @@ def _read_yaml(path: str, chain: tuple = ()) -> Dict[str, Any]:
         if not isinstance(base, str) or not base:
             raise ConfigError(f"config file {path!r}: 'base' must be one file name (a string), got {base!r}")
         base_path = os.path.join(os.path.dirname(path), base)
-        data = merge(_read_yaml(base_path, chain + (real,)), data)
-    return data
+        data = merge_config(_read_yaml(base_path, chain + (real,)), data)
+    return _strip_empty(data)
 
 
 def merge(base: Dict[str, Any], update: Dict[str, Any]) -> Dict[str, Any]:
-    """Recursively merge ``update`` into a copy of ``base``."""
+    """Recursively merge ``update`` into a copy of ``base``; an empty YAML section of ``update``
+    (``run:`` with nothing under it) keeps ``base``'s, an explicit null replaces it."""
     out = copy.deepcopy(base)
     for key, value in update.items():
         if isinstance(value, dict) and isinstance(out.get(key), dict):
             out[key] = merge(out[key], value)
-        else:
+        elif not (value is _EMPTY and key in out):
             out[key] = copy.deepcopy(value)
     return out
+
+
+def merge_config(base: Dict[str, Any], update: Dict[str, Any]) -> Dict[str, Any]:
+    """:func:`merge` for configs: an ``update`` that switches ``data.name`` to another dataset
+    without giving ``data.options`` starts from that dataset's defaults, so one dataset's options
+    (CUB's bounding_box, a split_file) never follow a model or a base config to another."""
+    data = update.get("data") if isinstance(update.get("data"), dict) else {}
+    old = (base.get("data") or {}) if isinstance(base.get("data"), dict) else {}
+    if "name" in data and data["name"] != old.get("name") and "options" not in data and old.get("options"):
+        base = {**base, "data": {k: v for k, v in old.items() if k != "options"}}
+    return merge(base, update)
+
+
+def apply_overrides(data: Dict[str, Any], overrides) -> Dict[str, Any]:
+    """``data`` with each override (``"a.b=v"`` string or a dict) merged in turn."""
+    for item in overrides or []:
+        data = merge_config(data, parse_override(item) if isinstance(item, str) else item)
+    return data
 
 
 def parse_override(text: str) -> Dict[str, Any]:
@@ -283,9 +323,7 @@ def load_config(path: Optional[str] = None, overrides: Optional[List[Any]] = Non
         from_dict(Config, data, where)  # report file errors against the file
     except ConfigError as e:
         raise ConfigError(str(e)) from None
-    for item in overrides or []:
-        data = merge(data, parse_override(item) if isinstance(item, str) else item)
-    config = from_dict(Config, data, "config")
+    config = from_dict(Config, apply_overrides(data, overrides), "config")
     check(config)
     return config
 

@@ -135,7 +135,7 @@ TRAIN_CASES = [  # (id, extra arguments (callable of world), culprit in the mess
      "model.options.temperature"),
     ("sfc_lr_negative", lambda w: ["model.method=deepemd", "model.options.sfc_lr=-0.1"], "sfc_lr"),
     ("metric_unknown", lambda w: ["model.method=deepemd", "model.options.metric=l1"], "metric"),
-    ("max_steps_negative", lambda w: ["--max-steps", "-1"], "max_steps"),
+    ("max_steps_negative", lambda w: ["--max-steps", "-1"], "--max-steps: must be >= 1"),
     ("meta_epochs_zero", lambda w: ["meta.epochs=0"], "meta.epochs"),
     ("val_episodes_zero", lambda w: ["meta.val_episodes=0"], "meta.val_episodes"),
     ("meta_lr_negative", lambda w: ["meta.lr=-1"], "meta.lr"),

@@ -34,6 +34,22 @@ def test_type_errors():
         parse_override("meta.lr")
 
 
+def test_an_empty_section_keeps_the_base_and_null_resets_it(tmp_path):
+    (tmp_path / "base.yaml").write_text("run:\n  seed: 7\n  out: somewhere\nmodel:\n  options: {solver: exact}\n")
+    (tmp_path / "empty.yaml").write_text("base: base.yaml\nrun:\nmodel:\n  options:\n")
+    config = load_config(str(tmp_path / "empty.yaml"))
+    assert config.run.seed == 7 and config.run.out == "somewhere" and config.model.options == {"solver": "exact"}
+
+
+def test_switching_the_dataset_drops_the_other_datasets_options(tmp_path):
+    (tmp_path / "cub.yaml").write_text("data:\n  name: cub_official\n  options: {bounding_box: true}\n")
+    assert load_config(str(tmp_path / "cub.yaml"), ["data.name=folder"]).data.options == {}
+    (tmp_path / "child.yaml").write_text("base: cub.yaml\ndata:\n  name: folder\n")
+    assert load_config(str(tmp_path / "child.yaml")).data.options == {}
+    # the same dataset keeps them, and options given beside the switch are used
+    assert load_config(str(tmp_path / "cub.yaml"), ["data.root=x"]).data.options == {"bounding_box": True}
+
+
 def test_null_resets_an_inherited_mapping(tmp_path):
     (tmp_path / "base.yaml").write_text("model:\n  options: {solver: exact}\n")
     (tmp_path / "child.yaml").write_text("base: base.yaml\nmodel:\n  options: null\n")

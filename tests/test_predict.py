@@ -192,8 +192,9 @@ def test_the_models_the_readme_ships_are_in_the_package():
 @pytest.mark.parametrize("name", fewshot.models_available())
 def test_each_shipped_model_has_a_card_loads_and_classifies(name, trained, tmp_path, monkeypatch, capsys):
     """Every shipped model: under 1 MB, a card with its accuracy, loads by name, classifies generated
-    images with predict.py and evaluates with eval.py by name (the result file lands in the working
-    folder, not in the package)."""
+    images with predict.py and evaluates with eval.py by name on a plain folder, with no option to
+    reset (the result file lands in runs/eval/ of the working folder, not in the package), and the
+    result says when, from which commit and with which versions it was made."""
     from fewshot.cli import eval_main
     path = fewshot.api.resolve_checkpoint(name)
     assert os.path.getsize(path) < 1_000_000
@@ -205,5 +206,10 @@ def test_each_shipped_model_has_a_card_loads_and_classifies(name, trained, tmp_p
     assert len(doc["queries"]) == len(queries)
     monkeypatch.chdir(tmp_path)
     assert eval_main(["--checkpoint", name, "--dataset", "folder", "--data-root", trained["data"], "--split", "test",
-                      "--episodes", "2", "--way", "3", "--query", "2", "data.options=null"]) == 0
-    assert [f for f in os.listdir(tmp_path) if f.startswith(f"eval_{name}_folder_test_3way1shot")]
+                      "--episodes", "2", "--way", "3", "--query", "2"]) == 0
+    written = [f for f in os.listdir(tmp_path / "runs" / "eval") if f.startswith(f"eval_{name}_folder_test_3way1shot")]
+    assert len(written) == 1
+    result = json.load(open(tmp_path / "runs" / "eval" / written[0]))
+    assert os.path.isabs(result["config"]["data"]["root"]) and result["config"]["data"]["options"] == {}
+    assert set(result["provenance"]) == {"time", "commit", "versions"}
+    assert result["provenance"]["versions"]["torch"] == torch.__version__ and "T" in result["provenance"]["time"]

@@ -54,3 +54,61 @@ def test_out_and_resume_alone_continue_the_run_with_its_config(folder_root, tmp_
     assert f"resuming the run in {out} with its config" in printed
     assert os.path.isfile(os.path.join(out, "meta", "done.json"))
     assert train_main(["--out", out, "--resume", "--overwrite"]) == 2
+
+
+def test_a_data_pickle_never_runs_code(tmp_path):
+    """A miniImageNet pickle whose object names a callable is refused before it is called."""
+    import pickle
+
+    import pytest
+
+    from fewshot.data.datasets import build_dataset
+    from fewshot.errors import FewShotError
+
+    marker = tmp_path / "made_by_the_pickle"
+
+    class Evil:
+        def __reduce__(self):
+            return (os.mkdir, (str(marker),))
+    root = tmp_path / "mini"
+    root.mkdir()
+    with open(root / "mini-imagenet-cache-train.pkl", "wb") as f:
+        pickle.dump({"image_data": Evil(), "class_dict": {}}, f)
+    with pytest.raises(FewShotError, match="names posix.mkdir|names os.mkdir"):
+        build_dataset("miniimagenet_pickle", str(root), "train")
+    assert not marker.exists()
+
+
+def test_no_output_names_an_input_or_another_output(folder_root, tmp_path, capsys):
+    """eval.py --result naming the checkpoint or the manifest it writes, and predict.py --explain
+    naming a support photo, are refused before any work, the inputs unchanged."""
+    from fewshot.cli import eval_main, predict_main
+    out = str(tmp_path / "run")
+    assert train_main(_args(folder_root, out, "--stage", "meta", "--max-steps", "1")) == 0
+    best = os.path.join(out, "meta", "best.pt")
+    digest = _digests(out)
+    capsys.readouterr()
+    manifest = str(tmp_path / "episodes.json")
+    for extra, message in ((["--result", best], "names the input --checkpoint"),
+                           (["--result", manifest, "--write-episodes", manifest], "give each output its own path"),
+                           (["--result", os.path.join(out, "config.yaml")], "already exists")):
+        assert eval_main(["--checkpoint", best, "--episodes", "2", "--split", "test", *extra]) == 2
+        assert message in capsys.readouterr().err
+    assert _digests(out) == digest and not os.path.exists(manifest)
+    support = os.path.join(folder_root, "train")
+    photo = os.path.join(support, sorted(os.listdir(support))[0])
+    photo = os.path.join(photo, sorted(os.listdir(photo))[0])
+    before = open(photo, "rb").read()
+    test = os.path.join(folder_root, "test")
+    query = os.path.join(test, sorted(os.listdir(test))[0])
+    code = predict_main(["--checkpoint", best, "--support", support, "--query", query, "--explain", photo])
+    assert code == 2 and "names the input --support" in capsys.readouterr().err
+    assert open(photo, "rb").read() == before
+
+
+def test_concurrent_writers_of_one_default_name_each_keep_their_result(tmp_path):
+    from fewshot._io import write_new_text
+    path = str(tmp_path / "eval_x.json")
+    written = [write_new_text(path, f'{{"run": {i}}}', numbered=True) for i in range(3)]
+    assert written == [path, str(tmp_path / "eval_x_2.json"), str(tmp_path / "eval_x_3.json")]
+    assert [open(p).read() for p in written] == ['{"run": 0}', '{"run": 1}', '{"run": 2}']

@@ -227,12 +227,29 @@ def _array_dataset(path: str, data: np.ndarray, labels: Sequence[int], root: str
                         [str(c) for c in uniq], root=root, array=data)
 
 
+# what a data pickle may hold: NumPy arrays, dtypes and scalars besides plain values
+_PICKLE_GLOBALS = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+                   ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+                   ("numpy", "ndarray"), ("numpy", "dtype"), ("collections", "OrderedDict")}
+
+
+class _DataUnpickler(pickle.Unpickler):
+    """Unpickles arrays and plain values only: any other class or function named in the file is
+    refused before it is imported or called, so a data file never runs code."""
+
+    def find_class(self, module, name):
+        if (module, name) in _PICKLE_GLOBALS:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"it names {module}.{name}; a data pickle may hold only NumPy arrays "
+                                     f"and plain values (lists, dicts, strings, numbers)")
+
+
 def _load_pickle(path: str):
     if not os.path.isfile(path):
         raise DataError(f"pickle file {path!r} does not exist")
     try:
         with open(path, "rb") as f:
-            return pickle.load(f, encoding="latin1")
+            return _DataUnpickler(f, encoding="latin1").load()
     except Exception as e:  # noqa: BLE001 - any unpickling failure is a data error
         raise DataError(f"pickle file {path!r} could not be read: {e}") from None
 

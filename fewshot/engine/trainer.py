@@ -138,15 +138,14 @@ def load_trained(path: str, overrides=(), device: str = "") -> Tuple[Config, Few
     """The config (with ``key=value`` overrides applied) and model of checkpoint ``path``,
     the model on ``device`` (default: the config's run.device)."""
     from ..api import resolve_checkpoint
-    from ..config import check, from_dict, merge, parse_override
+    from ..config import apply_overrides, check, from_dict
 
     path = resolve_checkpoint(path)               # a file, or the name of a shipped model
     state = load_checkpoint(path)
     data = state.get("config")
     if not isinstance(data, dict):
         raise FewShotError(f"checkpoint {path!r} holds no 'config': it was not written by train.py")
-    for item in overrides:
-        data = merge(data, parse_override(item))
+    data = apply_overrides(data, overrides)
     config: Config = from_dict(Config, data, f"config of checkpoint {path!r}")
     check(config)
     model = build_model(config).to(resolve_device(device or config.run.device))
