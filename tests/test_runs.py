@@ -112,3 +112,49 @@ def test_concurrent_writers_of_one_default_name_each_keep_their_result(tmp_path)
     written = [write_new_text(path, f'{{"run": {i}}}', numbered=True) for i in range(3)]
     assert written == [path, str(tmp_path / "eval_x_2.json"), str(tmp_path / "eval_x_3.json")]
     assert [open(p).read() for p in written] == ['{"run": 0}', '{"run": 1}', '{"run": 2}']
+
+
+def test_every_emd_entry_point_validates_like_solve():
+    import pytest
+    import torch
+
+    from fewshot import emd
+    from fewshot.emd import EMDInputError
+    f64 = dict(dtype=torch.float64)
+    x, y = torch.tensor([[0.0, 1.0]], **f64), torch.tensor([[0.5, 2.0]], **f64)
+    a = torch.tensor([[1.0, 1.0]], **f64)
+    for call, match in (
+            (lambda: emd.chain_emd(x, y, a, torch.tensor([[2.0, 2.0]], **f64)), "chain_emd: a and b must have equal"),
+            (lambda: emd.chain_emd(x, y, torch.tensor([[2.0, -0.5]], **f64), torch.tensor([[1.0, 0.5]], **f64)),
+             "chain_emd: a has negative entries"),
+            (lambda: emd.chain_emd(torch.tensor([[0.0, float("nan")]], **f64), y, a, a), "chain_emd: x contains NaN"),
+            (lambda: emd.solve(torch.rand(1, 2, 2, **f64), a / 2, a / 2, solver="chain",
+                               x=torch.tensor([[float("nan"), 0.0]], **f64), y=y), "x contains NaN"),
+            (lambda: emd.tree_emd(torch.zeros(0, 3, **f64), torch.zeros(0, 3, **f64), [-1, 0, 0]), "holds no histogram")):
+        with pytest.raises(EMDInputError, match=match):
+            call()
+
+
+def test_tree_solver_reports_its_plans_cost_an_upper_bound():
+    """The tree value is the closed form on the spanning tree (it may fall below the optimum
+    for a non-metric cost); info['plan_cost'] is <plan, cost>, never below POT's exact EMD."""
+    import ot
+    import torch
+
+    from fewshot import emd
+    cost = torch.tensor([[[0.9, 0.1], [0.1, 0.1]]], dtype=torch.float64)
+    a = b = torch.tensor([[1.0, 0.001]], dtype=torch.float64)
+    r = emd.solve(cost, a, b, solver="tree")
+    exact = ot.emd2(a[0].numpy(), b[0].numpy(), cost[0].numpy())
+    assert float(r.value) < exact                                     # documented: not a bound here
+    torch.testing.assert_close(r.info["plan_cost"], (r.plan * cost).sum((1, 2)))
+    g = torch.Generator().manual_seed(0)
+    c = torch.rand(50, 5, 6, generator=g, dtype=torch.float64)
+    p = torch.rand(50, 5, generator=g, dtype=torch.float64) + 0.1
+    q = torch.rand(50, 6, generator=g, dtype=torch.float64) + 0.1
+    q = q * (p.sum(1, keepdim=True) / q.sum(1, keepdim=True))
+    r = emd.solve(c, p, q, solver="tree")
+    exact = torch.tensor([ot.emd2(p[i].numpy(), q[i].numpy(), c[i].numpy()) for i in range(50)], dtype=torch.float64)
+    assert bool((r.info["plan_cost"] >= exact - 1e-9).all())
+    torch.testing.assert_close(r.plan.sum(2), p)
+    torch.testing.assert_close(r.plan.sum(1), q)

@@ -29,7 +29,7 @@ from typing import Optional
 
 import torch
 
-from ._problem import EMDInputError, EMDResult
+from ._problem import EMDInputError, EMDResult, check_masses, check_points
 from ._solver import Option, SolverSpec
 from ._tree import _ZeroSum
 
@@ -60,6 +60,9 @@ def chain_emd(x: torch.Tensor, y: torch.Tensor, a: torch.Tensor, b: torch.Tensor
     sum over consecutive merged coordinates z_k < z_{k+1} of (z_{k+1} - z_k) |D_k|^rho with
     D_k the mass of ``a`` minus the mass of ``b`` at or left of z_k; rho = 1 is the
     1-D EMD, rho = 2 the relaxed EMD^2 with the dirt-conserving gradient.
+
+    Checked as :func:`fewshot.emd.solve` checks its problems (EMDInputError): finite
+    coordinates, finite non-negative weights, every row with mass, equal masses per row.
     """
     if not (isinstance(rho, (int, float)) and math.isfinite(rho) and rho >= 1):
         raise EMDInputError(f"chain_emd: rho must be a number >= 1, got {rho!r}")
@@ -71,6 +74,13 @@ def chain_emd(x: torch.Tensor, y: torch.Tensor, a: torch.Tensor, b: torch.Tensor
     if x.shape != a.shape or y.shape != b.shape or x.shape[0] != y.shape[0]:
         raise EMDInputError(f"chain_emd: expected x, a [B, M] and y, b [B, N]; got x {tuple(x.shape)}, "
                             f"a {tuple(a.shape)}, y {tuple(y.shape)}, b {tuple(b.shape)}")
+    if x.shape[0] == 0 or x.shape[1] == 0 or y.shape[1] == 0:
+        raise EMDInputError(f"chain_emd: x {tuple(x.shape)} and y {tuple(y.shape)} hold no problem")
+    check_points(x, y, where="chain_emd: ")
+    for name, t in (("a", a), ("b", b)):
+        if not t.is_floating_point():
+            raise EMDInputError(f"chain_emd: {name} must be a floating-point tensor, got {t.dtype}")
+    check_masses(a, b.to(a.dtype), where="chain_emd: ")
     z = torch.cat([x, y], -1)
     mass = torch.cat([_ZeroSum.apply(a), -_ZeroSum.apply(b)], -1)
     z, order = z.sort(-1)

@@ -72,25 +72,44 @@ def check_problem(cost: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
             raise EMDInputError(f"{name} is on {t.device} but cost is on {cost.device}; use one device")
     if B == 0 or M == 0 or N == 0:
         raise EMDInputError(f"cost {tuple(cost.shape)} holds no problem")
+    check_masses(a, b, cost=cost)
+
+
+def check_points(x: torch.Tensor, y: torch.Tensor, where: str = "") -> None:
+    """Node coordinates x, y: floating-point tensors without NaN or infinite values."""
+    for name, t in (("x", x), ("y", y)):
+        if not isinstance(t, torch.Tensor) or not t.is_floating_point():
+            raise EMDInputError(f"{where}{name} must be a floating-point tensor of node coordinates")
+        if t.numel() == 0:
+            raise EMDInputError(f"{where}{name} {tuple(t.shape)} holds no node")
+        if not bool(torch.isfinite(t.detach()).all()):
+            raise EMDInputError(f"{where}{name} contains NaN or infinite coordinates")
+
+
+def check_masses(a: torch.Tensor, b: torch.Tensor, cost: Optional[torch.Tensor] = None, where: str = "") -> None:
+    """Weights a [B, M], b [B, N] (and ``cost``, if given): finite, non-negative, every row with
+    mass, equal total mass per problem; EMDInputError naming the argument (after ``where``)."""
     with torch.no_grad():
         low = {}
         for name, t in (("cost", cost), ("a", a), ("b", b)):
+            if t is None:
+                continue
             low[name], high = (float(v) for v in torch.aminmax(_distinct(t)))   # NaN propagates to both
             if not (math.isfinite(low[name]) and math.isfinite(high)):
-                raise EMDInputError(f"{name} contains NaN or infinite values")
+                raise EMDInputError(f"{where}{name} contains NaN or infinite values")
         sa, sb = a.sum(-1, dtype=torch.float64), b.sum(-1, dtype=torch.float64)   # no half overflow
         limit = torch.finfo(a.dtype).max
         for name, total in (("a", sa), ("b", sb)):
             if float(total.max()) > limit:
-                raise EMDInputError(f"{name} has a row whose total mass {float(total.max()):.6g} overflows "
+                raise EMDInputError(f"{where}{name} has a row whose total mass {float(total.max()):.6g} overflows "
                                     f"{a.dtype} (largest {limit:.6g}); rescale the weights or use float32")
         for name, t, total in (("a", a, sa), ("b", b, sb)):
             if low[name] < 0:
-                raise EMDInputError(f"{name} has negative entries; weights must be >= 0")
+                raise EMDInputError(f"{where}{name} has negative entries; weights must be >= 0")
             if bool((total <= 0).any()):
-                raise EMDInputError(f"{name} has a row with zero total mass; every problem needs mass")
-        rtol = {torch.float64: 1e-6, torch.float32: 1e-4}.get(cost.dtype, 1e-2)     # half types: 1e-2
+                raise EMDInputError(f"{where}{name} has a row with zero total mass; every problem needs mass")
+        rtol = {torch.float64: 1e-6, torch.float32: 1e-4}.get(a.dtype, 1e-2)     # half types: 1e-2
         if bool(((sa - sb).abs() > rtol * torch.maximum(sa, sb)).any()):
             worst = int(((sa - sb).abs() / torch.maximum(sa, sb)).argmax())
-            raise EMDInputError(f"a and b must have equal total mass per problem; problem {worst} has "
+            raise EMDInputError(f"{where}a and b must have equal total mass per problem; problem {worst} has "
                                 f"sum(a) = {float(sa[worst]):.8g}, sum(b) = {float(sb[worst]):.8g}")

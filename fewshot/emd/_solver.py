@@ -18,7 +18,7 @@ import torch
 
 from ..errors import OptionError
 from ..options import Option
-from ._problem import EMDInputError, EMDResult, check_problem
+from ._problem import EMDInputError, EMDResult, check_points, check_problem
 
 
 @dataclass(frozen=True)
@@ -90,6 +90,8 @@ class Solver:
         check_problem(cost, a, b)
         extra: Dict[str, Any] = {}
         if self.needs_points:
+            if x is not None and y is not None:
+                check_points(x, y)
             extra.update(x=x, y=y)
         elif x is not None or y is not None:
             raise EMDInputError(f"EMD solver {self.name!r} does not use node coordinates x, y")

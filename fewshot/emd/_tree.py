@@ -6,8 +6,15 @@ m = (a, -b) and S_v the total mass of the subtree under node v, the value is
 
     value = sum over tree edges (v, parent v) of length_v * |S_v|^rho.
 
-rho = 1 is the exact EMD under the tree metric (path lengths in the tree), an upper
-bound of the EMD under ``cost``; rho = 2 is the relaxed EMD^2. Several random trees
+rho = 1 is the exact EMD under the tree metric (path lengths in the tree); rho = 2 is
+the relaxed EMD^2. The value is that closed form, another quantity than the cost of
+the returned plan under ``cost``, and no bound of the exact EMD under ``cost``: when
+``cost`` obeys the triangle inequality on the bipartite graph (a metric between the
+nodes) tree paths are no shorter than direct costs and the value is an upper bound,
+but for other costs (DeepEMD's 1 - cos, or [[0.9, 0.1], [0.1, 0.1]]) a tree path can
+be shorter and the value falls below the optimum. ``info["plan_cost"]`` [B] (with
+``return_plan``) is the cost <plan, cost> of the returned feasible plan, always an
+upper bound of the exact EMD. Several random trees
 (``n_trees`` > 1: Prim started from random roots on jittered costs) are averaged:
 the tree-sliced variant. The plan is the optimal tree flow mapped back to node pairs
 (each edge carries only the net imbalance |S_v|, in one direction).
@@ -156,7 +163,10 @@ def solve_tree(cost: torch.Tensor, a: torch.Tensor, b: torch.Tensor, rho: float 
         plan = torch.stack(plans).mean(0).to(device=cost.device, dtype=cost.dtype)
     else:
         plan = torch.zeros_like(cost)
-    return EMDResult(plan=plan, value=value, solver="tree", info={"rho": rho, "n_trees": n_trees})
+    info = {"rho": rho, "n_trees": n_trees}
+    if return_plan:
+        info["plan_cost"] = (plan * cost.detach()).sum((1, 2))
+    return EMDResult(plan=plan, value=value, solver="tree", info=info)
 
 
 SPEC = SolverSpec(
