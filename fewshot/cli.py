@@ -401,18 +401,9 @@ def _predict(argv: Optional[List[str]]) -> int:
         _check_picture_path(parser, "--explain", args.explain)
     if args.top_flows < 0:
         parser.error(f"argument --top-flows: expected a count >= 0, got {args.top_flows}")
-    if not os.path.isdir(args.support):
-        raise FewShotError(f"--support {args.support!r} is not a folder (expected one sub-folder per class)")
-    from .data.datasets import class_folders
-    classes = class_folders(args.support)
-    if len(classes) < 2:
-        raise FewShotError(f"--support {args.support!r} has {len(classes)} class folder(s); expected at "
-                           f"least 2 sub-folders, one per class")
-    support, labels = [], []
-    for c in classes:
-        files = _images_in(os.path.join(args.support, c), "--support class folder")
-        support += files
-        labels += [c] * len(files)
+    from .api import support_folder
+    support, labels = support_folder(args.support)
+    classes = list(dict.fromkeys(labels))
     queries = []
     for q in args.query:
         if os.path.isdir(q):

@@ -213,3 +213,45 @@ def test_each_shipped_model_has_a_card_loads_and_classifies(name, trained, tmp_p
     assert os.path.isabs(result["config"]["data"]["root"]) and result["config"]["data"]["options"] == {}
     assert set(result["provenance"]) == {"time", "commit", "versions"}
     assert result["provenance"]["versions"]["torch"] == torch.__version__ and "T" in result["provenance"]["time"]
+
+
+def test_api_takes_numpy_arrays_folders_and_scores(trained):
+    """fit/predict on NumPy arrays [H, W, C] give what file paths give; fit takes a folder of
+    class folders; score() is the accuracy; the repr says what the model is."""
+    from PIL import Image
+    support, queries = _support(trained, "numpy", 2)
+    clf = fewshot.load(trained["checkpoint"])
+    assert "not fitted" in repr(clf)
+    clf.fit(support)
+    assert len(clf.classes_) == 3 and "fitted to 3 classes" in repr(clf) and "deepemd/conv4" in repr(clf)
+    by_path = clf.predict_proba(queries)
+    arrays = [np.asarray(Image.open(q).convert("RGB")) for q in queries]
+    torch.testing.assert_close(clf.predict_proba(arrays), by_path)
+    torch.testing.assert_close(clf.predict_proba(np.stack(arrays)), by_path)             # [N, H, W, C]
+    torch.testing.assert_close(clf.predict_proba([a.astype(np.float32) / 255 for a in arrays]), by_path,
+                               atol=1e-5, rtol=0)
+    files, labels = fewshot.api.support_folder(support)
+    clf2 = fewshot.load(trained["checkpoint"]).fit([np.asarray(Image.open(f).convert("RGB")) for f in files], labels)
+    torch.testing.assert_close(clf2.predict_proba(queries), by_path)
+    truth = [os.path.basename(os.path.dirname(q)) for q in queries]
+    predicted = clf.predict(queries)
+    assert clf.score(queries, truth) == pytest.approx(sum(p == t for p, t in zip(predicted, truth)) / len(truth))
+    with pytest.raises(fewshot.errors.FewShotError, match="not classes of the support set"):
+        clf.score(queries, ["nope"] * len(queries))
+    with pytest.raises(fewshot.errors.FewShotError, match="array .H, W. or .H, W, C."):
+        clf.predict([np.zeros((4, 4, 5), dtype=np.uint8)])
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    """A photo stored sideways with an EXIF orientation tag is read upright."""
+    from PIL import Image
+
+    from fewshot.data._image import load_image
+    upright = np.zeros((20, 10, 3), dtype=np.uint8)
+    upright[:5] = 255                                           # white band at the top
+    stored = Image.fromarray(upright).rotate(-90, expand=True)  # turned clockwise, as a camera may store it
+    exif = Image.Exif()
+    exif[0x0112] = 8                                            # orientation: turn back 90 degrees to view
+    stored.save(tmp_path / "phone.jpg", exif=exif.tobytes(), quality=95)
+    img = np.asarray(load_image(str(tmp_path / "phone.jpg")))
+    assert img.shape == (20, 10, 3) and img[:5].mean() > 200 and img[-5:].mean() < 50

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..errors import DataError
 
@@ -25,6 +25,7 @@ def load_image(path: str, mode: str = "RGB") -> Image.Image:
     try:
         with Image.open(path) as img:
             img.load()  # force a full decode: truncated files fail here, not later
+            img = ImageOps.exif_transpose(img)    # a phone photo upright, as its viewer shows it
             return _to_8bit(img).convert(mode)
     except FileNotFoundError:
         raise DataError(f"image {path!r} does not exist") from None
