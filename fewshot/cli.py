@@ -11,7 +11,7 @@ import os
 import sys
 from typing import List, Optional
 
-from .config import load_config
+from .config import Config, load_config
 from .errors import FewShotError
 
 DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
@@ -194,6 +194,10 @@ def _train(argv: Optional[List[str]]) -> int:
     parser.add_argument("--out", help="output folder (run.out)")
     parser.add_argument("--resume", nargs="?", const="", default=None, metavar="CHECKPOINT",
                         help="continue from CHECKPOINT (default: the stage's last.pt in --out)")
+    parser.add_argument("--finetune", metavar="MODEL",
+                        help="meta-train MODEL (a best.pt or a shipped name) further on --data-root: its own "
+                             "config with the fine-tuning defaults (a step-0 validation, a low meta.lr; "
+                             "docs/training.md), then your flags and overrides; needs --out")
     parser.add_argument("--overwrite", action="store_true",
                         help="a stage folder of --out that holds an earlier run is moved aside to "
                              "STAGE.previous-N (without it, such a folder is refused)")
@@ -211,6 +215,8 @@ def _train(argv: Optional[List[str]]) -> int:
         "max_steps": "run.max_steps", "stage": "run.stage"}) + args.overrides
     if args.resume is not None and args.overwrite:
         raise FewShotError("--resume continues the run in --out and --overwrite moves it aside: pass one")
+    if args.finetune is not None:
+        return _finetune(args, overrides)
     config_path = args.config
     if config_path is None:
         run_config = os.path.join(args.out or "", "config.yaml")
@@ -231,6 +237,33 @@ def _train(argv: Optional[List[str]]) -> int:
             config.meta.pretrained = best
     if stage in ("meta", "both"):
         meta_train(config, resume=args.resume, overwrite=args.overwrite)
+    return 0
+
+
+def _finetune(args: argparse.Namespace, overrides: List[str]) -> int:
+    """``train.py --finetune MODEL``: the meta stage from MODEL's own config and weights."""
+    from .api import resolve_checkpoint
+    from .config import FINETUNE_DEFAULTS, apply_overrides, check, from_dict, merge
+    from ._io import load_checkpoint
+    for flag, given in (("--config", args.config), ("--stage", args.stage)):
+        if given is not None:
+            raise FewShotError(f"--finetune takes the model's own config and trains its meta stage; drop {flag}")
+    if not args.out:
+        raise FewShotError("--finetune needs --out (a new folder for the fine-tuned model)")
+    path = resolve_checkpoint(args.finetune, "--finetune")
+    state = load_checkpoint(path)
+    data = state.get("config")
+    if not isinstance(data, dict) or state.get("stage") != "meta":
+        raise FewShotError(f"--finetune {args.finetune!r}: expected a meta-trained few-shot model (a meta "
+                           f"best.pt or a shipped name); to start from a pretrained backbone use "
+                           f"--config ... meta.pretrained={args.finetune}")
+    data = merge(data, {**FINETUNE_DEFAULTS, "meta": {**FINETUNE_DEFAULTS["meta"], "pretrained": args.finetune}})
+    config = from_dict(Config, apply_overrides(data, overrides), f"--finetune {args.finetune!r}")
+    check(config)
+    from .engine import meta_train
+    print(f"fine-tuning {args.finetune}: meta.lr {config.meta.lr:g}, {config.meta.epochs} epochs of "
+          f"{config.meta.episodes_per_epoch} episodes, validated first on {config.meta.val_episodes} episodes")
+    meta_train(config, resume=args.resume, overwrite=args.overwrite)
     return 0
 
 

@@ -96,6 +96,8 @@ class MetaConfig:
     val_episodes: int = 1000
     val_every: int = 1
     pretrained: str = ""                # checkpoint of the pretrain stage ("" = from scratch)
+    val_at_start: bool = False          # validate before the first step: best.pt starts as the
+                                        # initial model (fine-tuning: never ends below it on val)
 
 
 @dataclass
@@ -133,6 +135,18 @@ class Config:
 
     def to_dict(self) -> Dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+# What ``train.py --finetune MODEL`` changes in MODEL's own config (then the user's flags and
+# overrides apply): meta-training only, from MODEL, validated before the first step so that
+# best.pt is MODEL itself unless a later validation beats it; episode.n_way-way training episodes
+# (a small folder of classes suffices); a learning rate 20 x below the CPU recipe's meta.lr
+# (docs/training.md#fine-tuning-a-shipped-model measures it).
+FINETUNE_DEFAULTS: Dict[str, Any] = {
+    "run": {"stage": "meta", "max_steps": 0},
+    "meta": {"epochs": 4, "episodes_per_epoch": 25, "n_way": 0, "lr": 1.0e-4, "schedule": "cosine",
+             "warmup_epochs": 0.0, "val_episodes": 200, "val_every": 1, "val_at_start": True},
+}
 
 
 # ----------------------------------------------------------------------------- loading

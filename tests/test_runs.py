@@ -158,3 +158,26 @@ def test_tree_solver_reports_its_plans_cost_an_upper_bound():
     assert bool((r.info["plan_cost"] >= exact - 1e-9).all())
     torch.testing.assert_close(r.plan.sum(2), p)
     torch.testing.assert_close(r.plan.sum(1), q)
+
+
+def test_finetune_a_model_on_a_six_class_folder_validates_first(folder_root, tmp_path, capsys):
+    """train.py --finetune MODEL: MODEL's own config, a step-0 validation (best.pt starts as MODEL),
+    episode.n_way-way training episodes on a folder with 6 training classes."""
+    from conftest import make_split_folders
+    from fewshot.engine import load_checkpoint
+    out = str(tmp_path / "run")
+    assert train_main(_args(folder_root, out, "--stage", "meta", "--max-steps", "1", "meta.n_way=5")) == 0
+    mine = make_split_folders(str(tmp_path / "mine"), splits=(("train", 6), ("val", 4)), per_class=5)
+    capsys.readouterr()
+    tuned = str(tmp_path / "tuned")
+    assert train_main(["--finetune", os.path.join(out, "meta", "best.pt"), "--dataset", "folder", "--data-root", mine,
+                       "--out", tuned, "meta.epochs=1", "meta.episodes_per_epoch=2", "meta.val_episodes=3"]) == 0
+    printed = capsys.readouterr().out
+    assert "fine-tuning" in printed and "validating the starting model (step 0)" in printed
+    assert "[meta] epoch 0 step 0: val" in printed and "[meta] 3-way 1-shot" in printed
+    config = load_checkpoint(os.path.join(tuned, "meta", "best.pt"))["config"]
+    assert config["data"]["name"] == "folder" and config["meta"]["val_at_start"] is True
+    from fewshot._io import save_checkpoint
+    save_checkpoint(str(tmp_path / "pre.pt"), {**load_checkpoint(os.path.join(out, "meta", "best.pt")), "stage": "pretrain"})
+    assert train_main(["--finetune", str(tmp_path / "pre.pt"), "--out", str(tmp_path / "x")]) == 2
+    assert "expected a meta-trained few-shot model" in capsys.readouterr().err

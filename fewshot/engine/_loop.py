@@ -22,12 +22,13 @@ DONE = "done.json"   # written in a stage's folder when it has run all its epoch
 def run_epochs(stage: Stage, epochs: int, steps_per_epoch: int,
                 batches: Callable[[int, int], Iterable], step_fn: Callable,
                 validate: Callable[[], Dict[str, float]], unit: str, val_every: int,
-                on_validate: Optional[Callable] = None) -> None:
+                on_validate: Optional[Callable] = None, validate_first: bool = False) -> None:
     """The loop shared by both stages.
 
     ``batches(epoch, offset)`` yields the batches of ``epoch`` from position ``offset``;
     ``step_fn(batch)`` returns (loss tensor, accuracy %, items in the batch);
-    ``on_validate(writer, step)`` adds to TensorBoard after each validation.
+    ``on_validate(writer, step)`` adds to TensorBoard after each validation;
+    ``validate_first``: a validation at step 0 of a new run (the starting point, and best.pt).
     """
     from torch.utils.tensorboard import SummaryWriter
 
@@ -74,6 +75,9 @@ def run_epochs(stage: Stage, epochs: int, steps_per_epoch: int,
             checkpoint.save_checkpoint(best_path, stage.state())
         ddp.barrier()
 
+    if validate_first and stage.step == 0 and stage.best < 0:
+        log(f"[{stage.name}] validating the starting model (step 0)")
+        check_val()
     stopped = False
     while stage.epoch < epochs and not stopped:
         if cfg.max_steps and stage.step >= cfg.max_steps:

@@ -447,7 +447,8 @@ def meta_train(config: Config, resume: Optional[str] = None, overwrite: bool = F
         f"{config.model.backbone}{details} on {device}" + (f" x {size} processes" if size > 1 else ""))
     validate = _validator(config, model, device, "meta", e.n_way, e.n_shot)
     run_epochs(stage, m.epochs, steps_per_epoch, batches, step_fn, validate, unit="episodes",
-                val_every=m.val_every, on_validate=_matching_picture(config, model, e.n_way, e.n_shot))
+                val_every=m.val_every, on_validate=_matching_picture(config, model, e.n_way, e.n_shot),
+               validate_first=m.val_at_start)
     return os.path.join(folder, "best.pt")
 
 
