@@ -253,7 +253,7 @@ def _finetune(args: argparse.Namespace, overrides: List[str]) -> int:
     path = resolve_checkpoint(args.finetune, "--finetune")
     state = load_checkpoint(path)
     data = state.get("config")
-    if not isinstance(data, dict) or state.get("stage") != "meta":
+    if not isinstance(data, dict) or state.get("stage", "meta") != "meta":      # shipped models: no stage
         raise FewShotError(f"--finetune {args.finetune!r}: expected a meta-trained few-shot model (a meta "
                            f"best.pt or a shipped name); to start from a pretrained backbone use "
                            f"--config ... meta.pretrained={args.finetune}")
