@@ -456,14 +456,21 @@ def _predict(argv: Optional[List[str]]) -> int:
     if args.explain and not clf.model.offers_matching:
         raise FewShotError(f"--explain: the {clf.config.model.method!r} model of --checkpoint "
                            f"{args.checkpoint!r} has no matching to draw (DeepEMD models do)")
+    crops = (clf.config.data.options or {}).get("bounding_box")
+    note = (f"{args.checkpoint} was trained on images cropped to their object's bounding box (CUB "
+            f"birds): crop each support and query photo to the object first (on whole photos it is "
+            f"about 10 points less accurate)") if crops else None
+    if note:
+        print(f"note: {note}", file=sys.stderr)
     clf.fit(support, labels)
     proba = clf.predict_proba(queries)
     if args.explain:
         from .viz import draw
         os.makedirs(os.path.dirname(os.path.abspath(args.explain)), exist_ok=True)
         explanations, episode = clf.explain(queries, args.top_flows)
+        names = [os.path.basename(q) for q in queries]
         for e, path in zip(explanations, pictures):
-            draw([e], episode).savefig(path, dpi=110)
+            draw([e], episode, query_names=names).savefig(path, dpi=110)
     else:
         pictures = []
     shots = sorted({labels.count(c) for c in classes})
@@ -473,7 +480,7 @@ def _predict(argv: Optional[List[str]]) -> int:
         for r, path in zip(rows, pictures):
             r["explanation"] = path
         print(json.dumps({"checkpoint": clf.source, "classes": classes, "support_images": len(support),
-                          "queries": rows}, indent=1))
+                          "queries": rows, **({"note": note} if note else {})}, indent=1))
         return 0
     print(f"{clf.source}: {len(classes)} classes, {'/'.join(map(str, shots))} support image(s) per class")
     for r in rows:

@@ -67,8 +67,9 @@ def top_flows(plan: torch.Tensor, k: int) -> List[Tuple[int, int, float]]:
 @torch.no_grad()
 def explain_episode(model: FewShotClassifier, episode: Episode, queries: Optional[Sequence[int]] = None,
                     top_flows_per_class: int = 10) -> List[QueryExplanation]:
-    """Explain the model's decision for ``queries`` (default: all) of ``episode``. A query
-    label of -1 means unknown (your own images): only the predicted class is explained."""
+    """Explain the model's decision for ``queries`` (default: all) of ``episode``: the predicted
+    and the true class; a query label of -1 means unknown (your own images): the predicted class
+    and the runner-up (the second-highest logit)."""
     if not model.offers_matching:
         raise TypeError(f"explain_episode needs a model that offers a matching (DeepEMD), "
                         f"got {type(model).__name__}")
@@ -90,9 +91,10 @@ def explain_episode(model: FewShotClassifier, episode: Episode, queries: Optiona
     out = []
     for k, i in enumerate(chosen):
         label, predicted = int(ep.query_labels[i]), int(logits[k].argmax())
+        other = label if label >= 0 else int(logits[k].topk(2).indices[1])
         matchings = {c: Matching(float(logits[k, c]), a[k, c].cpu(), b[k, c].cpu(), plan[k, c].cpu(),
                                  top_flows(plan[k, c].cpu(), top_flows_per_class))
-                     for c in dict.fromkeys([predicted] + ([label] if label >= 0 else []))}
+                     for c in dict.fromkeys([predicted, other])}
         out.append(QueryExplanation(i, label, predicted, logits[k].cpu(), matchings,
                                     query_boxes.cpu(), support_boxes.cpu()))
     model.train(was_training)
@@ -133,9 +135,16 @@ def _centre(box: Sequence[float]) -> Tuple[float, float]:
     return (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
 
 
-def draw(explanations: Sequence[QueryExplanation], episode: Episode, class_names: bool = True):
+LEGEND = ("tint: node weight (how much a region matters to the match, from the cross-reference "
+          "weights); cyan lines: the largest flows of the EMD plan between regions, width by flow")
+
+
+def draw(explanations: Sequence[QueryExplanation], episode: Episode, class_names: bool = True,
+         query_names: Optional[Sequence[str]] = None):
     """One figure: a row per (query, class) pair of ``explanations`` (predicted class first,
-    then the true class when they differ). Returns the matplotlib Figure."""
+    then the true class, or the runner-up when the truth is unknown), each query titled by its
+    name in ``query_names`` (e.g. the file name; default "query i") with its class probabilities,
+    and a legend for the tint and the lines. Returns the matplotlib Figure."""
     import matplotlib
     if matplotlib.get_backend().lower() not in ("agg", "module://matplotlib_inline.backend_inline"):
         matplotlib.use("Agg")
@@ -143,17 +152,22 @@ def draw(explanations: Sequence[QueryExplanation], episode: Episode, class_names
     from matplotlib.patches import ConnectionPatch
 
     rows = [(e, c) for e in explanations for c in e.matchings]
-    fig, axes = plt.subplots(len(rows), 2, figsize=(5.2, 2.6 * len(rows)), squeeze=False)
+    fig, axes = plt.subplots(len(rows), 2, figsize=(5.6, 2.7 * len(rows) + 0.5), squeeze=False)
     n_shot = len(episode.support_labels) // len(episode.classes)
+    label_of = (lambda c: str(episode.classes[c])) if class_names else str  # noqa: E731
     for (e, c), (ax_q, ax_s) in zip(rows, axes):
         m = e.matchings[c]
-        name = episode.classes[c] if class_names else str(c)
-        kind = "predicted" + (" = true" if c == e.label else "") if c == e.predicted else "true"
-        scores = " ".join(f"{v:.1f}" for v in e.logits.tolist())
+        name = label_of(c)
+        kind = ("predicted" + (" = true" if c == e.label else "") if c == e.predicted
+                else "true" if c == e.label else "runner-up")
+        prob = e.logits.float().softmax(-1)
+        top = prob.topk(min(3, len(prob)))
+        scores = ", ".join(f"{label_of(int(j))} {float(v):.2f}" for v, j in zip(top.values, top.indices))
         support_index = int((episode.support_labels == c).nonzero()[0])
-        known = f" (class {episode.classes[e.label]})" if e.label >= 0 else ""
+        known = f" (true: {label_of(e.label)})" if e.label >= 0 else ""
+        title = query_names[e.query] if query_names is not None else f"query {e.query}"
         _panel(ax_q, episode.query_images[e.query], e.query_boxes, m.a,
-               f"query {e.query}{known}\nlogits: {scores}")
+               f"{title}{known}\n{scores}")
         _panel(ax_s, episode.support_images[support_index], e.support_boxes, m.b,
                f"{kind}: {name}, logit {m.logit:.2f}" + (f"\n(SFC prototype of {n_shot} shots)"
                                                          if n_shot > 1 else ""))
@@ -163,5 +177,7 @@ def draw(explanations: Sequence[QueryExplanation], episode: Episode, class_names
                                    "data", "data", axesA=ax_q, axesB=ax_s, color="cyan",
                                    lw=3.0 * flow / largest, alpha=0.8)
             fig.add_artist(line)
-    fig.tight_layout()
+    import textwrap
+    fig.text(0.5, 0.005, textwrap.fill(LEGEND, 95), ha="center", va="bottom", fontsize=6)
+    fig.tight_layout(rect=(0, 0.45 / fig.get_figheight(), 1, 1))
     return fig
