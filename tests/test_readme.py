@@ -151,3 +151,85 @@ def test_a_wrong_flag_or_key_is_caught():
         test_command_names_what_exists("x", "python eval.py --checkpoint X model.options.nope=1")
     with pytest.raises(AssertionError, match="make target"):
         test_command_names_what_exists("x", "make recipe-nope")
+
+
+def _slug(heading: str) -> str:
+    """GitHub's anchor of a heading: lower case, punctuation dropped, spaces to hyphens."""
+    text = re.sub(r"[^\w\- ]", "", heading.strip().lower())
+    return text.replace(" ", "-")
+
+
+def test_every_link_between_pages_and_its_anchor_exist():
+    """[text](page.md#anchor) and [text](#anchor) in the README and the docs: the page exists and
+    has a heading with that anchor."""
+    pages = PAGES + sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, "fewshot", "pretrained", "*.md")))
+    broken = []
+    for page in pages:
+        text = open(os.path.join(ROOT, page)).read()
+        for target in re.findall(r"\]\(([^)\s]+)\)", re.sub(r"```.*?```", "", text, flags=re.S)):
+            if re.match(r"[a-z]+://", target):
+                continue
+            path, _, anchor = target.partition("#")
+            file = os.path.normpath(os.path.join(ROOT, os.path.dirname(page), path)) if path else os.path.join(ROOT, page)
+            if not os.path.exists(file):
+                broken.append(f"{page}: {target} (no such file)")
+                continue
+            if anchor and file.endswith(".md"):
+                headings = re.findall(r"^#+ (.+)$", re.sub(r"```.*?```", "", open(file).read(), flags=re.S), re.M)
+                if anchor not in {_slug(h) for h in headings}:
+                    broken.append(f"{page}: {target} (no heading with that anchor)")
+    assert not broken, broken
+
+
+def _first_screen():
+    text = open(os.path.join(ROOT, "README.md")).read()
+    screen = text[text.index("## Install and try it"):text.index("## Shipped models")]
+    blocks = re.findall(r"```(bash|python)\n(.*?)```", screen, re.S)
+    bash = [line.split("#")[0].strip() for kind, block in blocks if kind == "bash"
+            for line in block.replace("\\\n", " ").splitlines() if line.strip()]
+    python = [block for kind, block in blocks if kind == "python"]
+    return bash, python
+
+
+def test_every_command_of_the_readme_first_screen_runs(tmp_path):
+    """Each command of the README's first screen, on tiny generated photos: the make targets as
+    dry runs (make -n), predict.py, eval.py and train.py --finetune for real (the fine-tuning
+    shortened), and the Python snippet with its file names pointing at generated images."""
+    from conftest import make_split_folders
+    bash, python = _first_screen()
+    assert any(c.startswith("make install") for c in bash) and any("predict.py" in c for c in bash)
+    assert any("--finetune" in c for c in bash) and any("eval.py" in c for c in bash) and python
+    data = make_split_folders(str(tmp_path / "data"), splits=(("train", 5), ("val", 5), ("all", 5)), per_class=16)
+    classes = os.path.join(data, "all")
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    first = sorted(os.listdir(classes))[0]
+    for f in sorted(os.listdir(os.path.join(classes, first)))[:2]:
+        os.link(os.path.join(classes, first, f), photos / f)
+    places = {"my_classes/": classes + "/", "my_classes": classes, "photos/": str(photos) + "/", "my_data": data,
+              "runs/mine": str(tmp_path / "mine"), ".venv/bin/python": sys.executable, "PATH/miniimagenet": data,
+              **{f" {script} ": f" {os.path.join(ROOT, script)} " for script in ENTRY_POINTS}}
+    for command in bash:
+        for old, new in places.items():
+            command = command.replace(old, new)
+        argv = shlex.split(command)
+        if argv[0] == "make":
+            argv = ["make", "-n", *argv[1:]]
+        elif "--finetune" in argv:
+            argv += ["meta.epochs=1", "meta.episodes_per_epoch=2", "meta.val_episodes=3"]
+        elif "eval.py" in argv[1]:
+            argv[argv.index("--episodes") + 1] = "3"
+        run = subprocess.run(argv, cwd=str(tmp_path) if argv[0] != "make" else ROOT, capture_output=True, text=True,
+                             timeout=600)
+        assert run.returncode == 0, (command, run.stderr[-1500:])
+    # the Python snippet, its file names bound to generated images
+    snippet = python[0]
+    c0, c1 = (os.path.join(classes, c) for c in sorted(os.listdir(classes))[:2])
+    files = {"a1.jpg": os.path.join(c0, "0.png"), "a2.jpg": os.path.join(c0, "1.png"),
+             "b1.jpg": os.path.join(c1, "0.png"), "q.jpg": os.path.join(c1, "1.png")}
+    for name, path in files.items():
+        snippet = snippet.replace(f'"{name}"', repr(path))
+    snippet = snippet.replace('"my_classes/"', repr(classes))
+    run = subprocess.run([sys.executable, "-c", snippet], cwd=str(tmp_path), capture_output=True, text=True,
+                         timeout=600)
+    assert run.returncode == 0, run.stderr[-1500:]
