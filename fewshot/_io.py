@@ -55,6 +55,21 @@ def remove_stale_temporaries(folder: str) -> int:
     return removed
 
 
+def read_text(path: str, what: str) -> str:
+    """The UTF-8 text of a data file (a BOM is dropped); DataError naming ``what`` and ``path``
+    when the file is not UTF-8 (UTF-16, as some spreadsheet programs save, named as such)."""
+    from .errors import DataError
+    with open(path, "rb") as f:
+        raw = f.read()
+    if raw[:2] in (b"\xff\xfe", b"\xfe\xff"):
+        raise DataError(f"{what} {path!r} is UTF-16 text; save it as UTF-8")
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise DataError(f"{what} {path!r} is not UTF-8 text (byte {e.start}: {raw[e.start:e.start + 1]!r}); "
+                        f"save it as UTF-8") from None
+
+
 def atomic_write_text(path: str, text: str) -> None:
     """Write ``text`` to ``path`` atomically (FewShotError naming the path if it cannot be)."""
     _atomic(path, lambda f: f.write(text.encode()))
@@ -118,8 +133,8 @@ def load_checkpoint(path: str, map_location: Any = "cpu") -> Dict[str, Any]:
         reason = lines[-1] if lines else type(e).__name__
         if "weights_only" in str(e) or "Unpickler" in str(e):
             reason = "it holds objects other than tensors and plain values"
-        elif "zip" in str(e).lower() or "central directory" in str(e).lower():
-            reason = "the file is truncated or damaged"
+        elif head == b"PK\x03\x04" or "zip" in str(e).lower() or "central directory" in str(e).lower():
+            reason = "the file is truncated or damaged (a torch.save archive that does not read to its end)"
         raise FewShotError(f"checkpoint {path!r} could not be loaded: {reason}") from None
     if not isinstance(state, dict) or not isinstance(state.get("model"), dict):
         raise FewShotError(f"checkpoint {path!r} is not a fewshot checkpoint (no 'model' state dict)")

@@ -181,3 +181,37 @@ def test_finetune_a_model_on_a_six_class_folder_validates_first(folder_root, tmp
     save_checkpoint(str(tmp_path / "pre.pt"), {**load_checkpoint(os.path.join(out, "meta", "best.pt")), "stage": "pretrain"})
     assert train_main(["--finetune", str(tmp_path / "pre.pt"), "--out", str(tmp_path / "x")]) == 2
     assert "expected a meta-trained few-shot model" in capsys.readouterr().err
+
+
+def test_data_files_that_are_wrong_say_what_is_wrong(cub_official_root, tmp_path):
+    """A UTF-16 split file, a split's class list that is a string, a box that is NaN or not a
+    number, a truncated checkpoint: one DataError / FewShotError that says which and why."""
+    import pytest
+
+    from conftest import make_csv_layout
+    from fewshot._io import load_checkpoint
+    from fewshot.api import resolve_checkpoint
+    from fewshot.data.datasets import build_dataset
+    from fewshot.errors import FewShotError
+    root = make_csv_layout(str(tmp_path / "mini"))
+    csv_path = os.path.join(root, "split", "train.csv")
+    text = open(csv_path, encoding="utf-8").read()
+    open(csv_path, "wb").write(text.encode("utf-16"))
+    with pytest.raises(FewShotError, match="train.csv' is UTF-16 text; save it as UTF-8"):
+        build_dataset("miniimagenet", root, "train")
+    folders = tmp_path / "folders"
+    (folders / "a").mkdir(parents=True)
+    (tmp_path / "split.json").write_text('{"train": "abc"}')
+    with pytest.raises(FewShotError, match="'train' must be a list of class folder names"):
+        build_dataset("folder", str(folders), "train", split_file=str(tmp_path / "split.json"))
+    boxes = os.path.join(cub_official_root, "bounding_boxes.txt")
+    lines = open(boxes).read().splitlines()
+    for bad, shown in (("nan nan 16 12", "'nan'"), ("1 2 three 4", "'three'")):
+        open(boxes, "w").write("\n".join([lines[0].split()[0] + " " + bad] + lines[1:]) + "\n")
+        with pytest.raises(FewShotError, match=f"line 1: field .* is {shown}; expected a finite number"):
+            build_dataset("cub_official", cub_official_root, "train", bounding_box=True).image(0)
+    state = open(resolve_checkpoint("conv4-cub"), "rb").read()
+    for size in (10_000, 50_000, 300_000):
+        (tmp_path / "cut.pt").write_bytes(state[:size])
+        with pytest.raises(FewShotError, match="truncated or damaged"):
+            load_checkpoint(str(tmp_path / "cut.pt"))

@@ -9,8 +9,10 @@ per image and the class names. Builders are registered by name and created with
 from __future__ import annotations
 
 import csv
+import io
 import json
 import logging
+import math
 import os
 import pickle
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
@@ -19,6 +21,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .._io import read_text
 from ..errors import DataError, OptionError
 from ..registry import Registry
 from ._image import load_image
@@ -171,8 +174,7 @@ def read_split_csv(csv_path: str, image_dir: str) -> Tuple[List[str], List[List[
         existing.update(f if rel == "." else os.path.join(rel, f) for f in files)
     classes: Dict[str, List[str]] = {}
     seen: Dict[str, int] = {}
-    with open(csv_path, newline="", encoding="utf-8-sig") as f:      # a BOM is not part of the header
-        rows = list(csv.reader(f))
+    rows = list(csv.reader(io.StringIO(read_text(csv_path, "split file"), newline="")))   # BOM dropped
     if not rows or [c.strip().lower() for c in rows[0]] != ["filename", "label"]:
         raise DataError(f"split file {csv_path!r}: first row must be the header 'filename,label', "
                         f"got {rows[0] if rows else 'an empty file'}")
@@ -350,16 +352,24 @@ def cub_official(root: str, split: str, split_file: str = "", bounding_box: bool
     return ds
 
 
-def _read_rows(path: str, expected: str) -> List[List[str]]:
-    """Whitespace-separated rows of ``path``, each with as many fields as ``expected`` names."""
+def _read_rows(path: str, expected: str, numbers: int = 0) -> List[list]:
+    """Whitespace-separated rows of ``path``, each with as many fields as ``expected`` names; the
+    last ``numbers`` fields of each row are finite numbers (floats)."""
     n = len(expected.split())
     rows = []
-    with open(path) as f:
-        for lineno, line in enumerate(f, 1):
-            parts = line.split()
-            if len(parts) != n:
-                raise DataError(f"{path!r}, line {lineno}: expected '{expected}'")
-            rows.append(parts)
+    for lineno, line in enumerate(read_text(path, "data file").splitlines(), 1):
+        parts: list = line.split()
+        if len(parts) != n:
+            raise DataError(f"{path!r}, line {lineno}: expected '{expected}'")
+        for k in range(n - numbers, n):
+            try:
+                parts[k] = float(parts[k])
+            except ValueError:
+                parts[k] = float("nan")
+            if not math.isfinite(parts[k]):
+                raise DataError(f"{path!r}, line {lineno}: field {expected.split()[k]} is {line.split()[k]!r}; "
+                                f"expected a finite number ('{expected}')")
+        rows.append(parts)
     return rows
 
 
@@ -368,11 +378,14 @@ def _read_split_json(split_file: str, split: str) -> List[str]:
     if not os.path.isfile(split_file):
         raise DataError(f"split file {split_file!r} does not exist")
     try:
-        with open(split_file) as f:
-            return list(json.load(f)[split])
+        names = json.loads(read_text(split_file, "split file"))[split]
     except (json.JSONDecodeError, KeyError, TypeError) as e:
         raise DataError(f"split file {split_file!r}: expected JSON with a list of class folders "
                         f"under key {split!r} ({e})") from None
+    if not isinstance(names, list) or not all(isinstance(c, str) for c in names):
+        raise DataError(f"split file {split_file!r}: {split!r} must be a list of class folder names "
+                        f"(strings), got {json.dumps(names)[:60]}")
+    return names
 
 
 def _cub_boxes(root: str, paths: List[str]) -> List[Tuple[float, float, float, float]]:
@@ -382,8 +395,7 @@ def _cub_boxes(root: str, paths: List[str]) -> List[Tuple[float, float, float, f
         if not os.path.isfile(f):
             raise DataError(f"bounding-box crop needs {f!r}, which does not exist")
     ids = {path: i for i, path in _read_rows(index_file, "<id> <image_path>")}
-    boxes = {i: tuple(float(v) for v in box)
-             for i, *box in _read_rows(box_file, "<id> <x> <y> <width> <height>")}
+    boxes = {i: tuple(box) for i, *box in _read_rows(box_file, "<id> <x> <y> <width> <height>", numbers=4)}
     out, clipped, worst = [], 0, 0.0
     for p in paths:
         rel = os.path.relpath(p, os.path.join(root, "images")).replace(os.sep, "/")
