@@ -282,7 +282,7 @@ def main(argv=None) -> int:
     parser.add_argument("--eval-every", type=int, default=3)
     parser.add_argument("--sd-lambda", type=float, default=1.0, help="Sinkhorn lambda per WordNet edge (sd+ce)")
     parser.add_argument("--soft-beta", type=float, default=10.0, help="soft labels' beta (soft)")
-    parser.add_argument("--hxe-alpha", type=float, default=0.1, help="HXE's alpha per WordNet edge of height (hxe)")
+    parser.add_argument("--hxe-alpha", type=float, default=0.1, help="HXE's alpha per WordNet edge of depth (hxe)")
     parser.add_argument("--bf16", action="store_true",
                         help="the network under bfloat16 autocast (CPUs with avx512_bf16 / amx_bf16); losses in float32")
     parser.add_argument("--out", required=True)

@@ -400,11 +400,11 @@ def test_soft_labels_and_hxe_by_hand():
     # alpha 0: the terms telescope to -log p_y, cross-entropy
     torch.testing.assert_close(HXELoss(tree, 3, 0.0)(logits, labels),
                                torch.nn.functional.cross_entropy(logits, labels))
-    # alpha 0.5: label 0 -> -(log p0/(p0+p1) + e^-0.5 log(p0+p1)); label 2 -> -(log p2/p2 + e^-0.5 log p2)
+    # alpha 0.5, weights exp(-alpha depth): depths A 1, B 2, c0 2, c1 2, c2 3
+    # label 0 -> -(e^-1 log p0/(p0+p1) + e^-0.5 log(p0+p1)); label 2 -> -(e^-1.5 log p2/p2 + e^-1 log p2)
     p = logits.softmax(-1)
-    w = np.exp(-0.5)
-    first = -(torch.log(p[0, 0] / (p[0, 0] + p[0, 1])) + w * torch.log(p[0, 0] + p[0, 1]))
-    second = -(w * torch.log(p[1, 2]))
+    first = -(np.exp(-1.0) * torch.log(p[0, 0] / (p[0, 0] + p[0, 1])) + np.exp(-0.5) * torch.log(p[0, 0] + p[0, 1]))
+    second = -(np.exp(-1.0) * torch.log(p[1, 2]))
     torch.testing.assert_close(HXELoss(tree, 3, 0.5)(logits, labels), (first + second) / 2)
 
 

@@ -414,9 +414,12 @@ class HXELoss(nn.Module):
     first C nodes of ``tree``) gives every node v the probability P(v) of its subtree, and
 
         HXE(y) = - sum over the nodes v on the path from y up to the root (root excluded) of
-                 exp(-alpha h(v)) log( P(v) / P(parent v) ),
+                 exp(-alpha depth(v)) log( P(v) / P(parent v) ),
 
-    h the node height (:func:`heights`). alpha = 0 is cross-entropy. Batch mean; memory
+    depth(v) the path length from the root (:meth:`ClassTree.depths`, in edge lengths): the
+    weighting of the authors' code (``exp(-alpha * len(tree position))``), which the paper
+    writes as exp(-alpha h(C)) and describes as discounting information down the hierarchy:
+    alpha > 0 stresses the coarse decisions. alpha = 0 is cross-entropy. Batch mean; memory
     O(B C K) (the subtree log-probabilities by log-sum-exp)."""
 
     def __init__(self, tree: ClassTree, n_classes: int, alpha: float):
@@ -425,7 +428,7 @@ class HXELoss(nn.Module):
             raise ConfigError(f"HXELoss: alpha must be a number >= 0, got {alpha!r}")
         A = tree.ancestor_matrix()[:n_classes]                           # [C, K]
         parent = torch.tensor(tree._parent)
-        weight = torch.exp(-alpha * heights(tree))
+        weight = torch.exp(-alpha * tree.depths())
         weight[tree.root] = 0.0
         member = A.bool()                                                # class c under node v
         member[:, ~member.any(0)] = True     # nodes above no class: off every path, kept finite
