@@ -5,7 +5,8 @@ signal is a sum of 1-3 sinusoids with random non-integer frequencies, amplitudes
 white noise (``--noise``), ``--length`` samples; its target is the power spectral density of the
 clean signal (periodogram with a Hann window, normalised to sum 1) on the ``--length`` / 2
 frequency bins, a histogram on a chain. An MLP (signal -> hidden -> softmax over the bins) is
-trained with each loss:
+trained with each loss (``--net paper``: the paper's network shape, a convolution with tanh, a
+fully connected layer and the square):
 
   mse     mean squared error between the histograms
   sd      Sinkhorn distance under |i - j| (``fewshot.emd.solve(..., solver="sinkhorn")``, log
@@ -75,19 +76,38 @@ class Losses:
         raise ValueError(name)
 
 
+class _Square(nn.Module):
+    """The paper's output: the square of the last layer, normalised to a histogram."""
+
+    def forward(self, h):
+        h = h.square() + 1e-12
+        return h / h.sum(-1, keepdim=True)
+
+
+def network(kind: str, length: int, hidden: int, bins: int) -> nn.Module:
+    """signal [B, length] -> histogram [B, bins]. ``mlp``: two ReLU layers and a softmax;
+    ``paper``: the shape of Martinez et al.'s network, a 1-D convolution (``hidden`` // 16
+    channels, kernel 9) with tanh, one fully connected layer and the square, normalised."""
+    if kind == "mlp":
+        return nn.Sequential(nn.Linear(length, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(),
+                             nn.Linear(hidden, bins), nn.Softmax(-1))
+    channels = max(1, hidden // 16)
+    return nn.Sequential(nn.Unflatten(1, (1, length)), nn.Conv1d(1, channels, 9, padding=4), nn.Tanh(),
+                         nn.Flatten(), nn.Linear(channels * length, bins), _Square())
+
+
 def run(loss_name, seed, train, test, losses, args):
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     (x, y), (tx, ty) = train, test
     bins = y.shape[1]
-    model = nn.Sequential(nn.Linear(x.shape[1], args.hidden), nn.ReLU(), nn.Linear(args.hidden, args.hidden),
-                          nn.ReLU(), nn.Linear(args.hidden, bins)).double()
+    model = network(args.net, x.shape[1], args.hidden, bins).double()
     opt = torch.optim.Adam(model.parameters(), lr=args.lr)
     curve, seconds = [], 0.0
 
     def measure(step):
         with torch.no_grad():
-            p = model(tx).softmax(-1)
+            p = model(tx)
             e = float(losses.chain(p, ty, 1.0).mean()) * bins      # in bins
             m = float((p - ty).square().sum(1).mean())
         curve.append({"step": step, "seconds": round(seconds, 3), "test_emd_bins": e, "test_mse": m})
@@ -96,7 +116,7 @@ def run(loss_name, seed, train, test, losses, args):
     for step in range(1, args.steps + 1):
         t = time.perf_counter()
         idx = torch.randint(0, len(x), (args.batch,), generator=gen)
-        loss = losses(loss_name, model(x[idx]).softmax(-1), y[idx])
+        loss = losses(loss_name, model(x[idx]), y[idx])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -150,6 +170,8 @@ def main(argv=None) -> int:
     parser.add_argument("--eval-every", type=int, default=100)
     parser.add_argument("--sd-epsilon", type=float, default=0.01)
     parser.add_argument("--sd-iterations", type=int, default=50)
+    parser.add_argument("--net", choices=("mlp", "paper"), default="mlp",
+                        help="mlp: 2 ReLU layers + softmax; paper: conv + tanh + FC + square (Martinez et al.)")
     parser.add_argument("--losses", nargs="+", default=list(LOSSES), choices=LOSSES)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--out", required=True)
