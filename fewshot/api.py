@@ -183,22 +183,9 @@ def support_folder(folder: str):
     """(image files, labels) of a folder with one sub-folder of images per class (the label is
     the sub-folder's name); DataError naming the folder when it has fewer than 2 class folders
     or a class folder has no images."""
-    from .data.datasets import IMAGE_EXTENSIONS, class_folders, list_images
-    if not os.path.isdir(folder):
-        raise DataError(f"support folder {folder!r} is not a folder (expected one sub-folder per class)")
-    classes = class_folders(folder)
-    if len(classes) < 2:
-        raise DataError(f"support folder {folder!r} has {len(classes)} class folder(s); expected at least 2 "
-                        f"sub-folders, one per class")
-    files, labels = [], []
-    for c in classes:
-        found = list_images(os.path.join(folder, c))
-        if not found:
-            raise DataError(f"support class folder {os.path.join(folder, c)!r} holds no images "
-                            f"({', '.join(IMAGE_EXTENSIONS)})")
-        files += found
-        labels += [c] * len(found)
-    return files, labels
+    from .data.datasets import class_folder_images
+    names, files = class_folder_images(folder, "support folder")
+    return [f for found in files for f in found], [c for c, found in zip(names, files) for _ in found]
 
 
 def load(name_or_path: str, device: str = "cpu") -> Predictor:

@@ -518,6 +518,24 @@ def omniglot(root: str, split: str, alphabets: Optional[Dict[str, List[str]]] = 
                         mode="L")
 
 
+def class_folder_images(root: str, what: str) -> Tuple[List[str], List[List[str]]]:
+    """(class folder names, their image files) of a folder with one sub-folder per class;
+    DataError naming ``what`` and ``root`` when it is missing, has fewer than 2 class folders,
+    or a class folder holds no images."""
+    if not os.path.isdir(root):
+        raise DataError(f"{what} {root!r} is not a folder (expected one sub-folder of images per class)")
+    names = class_folders(root)
+    if len(names) < 2:
+        raise DataError(f"{what} {root!r} has {len(names)} class folder(s); expected at least 2 sub-folders, "
+                        f"one per class")
+    files = [list_images(os.path.join(root, c)) for c in names]
+    empty = [c for c, f in zip(names, files) if not f]
+    if empty:
+        raise DataError(f"{what} {root!r}: class folder(s) {empty[:3]} hold no images "
+                        f"({', '.join(IMAGE_EXTENSIONS)})")
+    return names, files
+
+
 @DATASETS.register("folder")
 def image_folder(root: str, split: str, split_file: str = "") -> ImageDataset:
     """Any folder-per-class tree. Either ``root/{split}/<class>/*``, or ``root/<class>/*``
@@ -526,17 +544,7 @@ def image_folder(root: str, split: str, split_file: str = "") -> ImageDataset:
     if os.path.isdir(os.path.join(root, split)) and not split_file:
         return _split_folder_dataset(root, split)
     if split == "all" and not split_file:
-        if not os.path.isdir(root):
-            raise DataError(f"folder dataset {root!r} does not exist")
-        names = class_folders(root)
-        if len(names) < 2:
-            raise DataError(f"folder dataset {root!r}: split 'all' needs at least 2 class folders, "
-                            f"found {len(names)}")
-        files = [list_images(os.path.join(root, c)) for c in names]
-        empty = [c for c, f in zip(names, files) if not f]
-        if empty:
-            raise DataError(f"folder dataset {root!r}: class folder(s) {empty[:3]} hold no images")
-        return _from_class_lists(names, files, root)
+        return _from_class_lists(*class_folder_images(root, "folder dataset"), root)
     if not split_file:
         raise OptionError("split_file", f"not given, and folder dataset {root!r} has no split folder "
                                         f"{split!r}: give a JSON naming the classes of each split (or use "
