@@ -140,11 +140,11 @@ class Config:
 # What ``train.py --finetune MODEL`` changes in MODEL's own config (then the user's flags and
 # overrides apply): meta-training only, from MODEL, validated before the first step so that
 # best.pt is MODEL itself unless a later validation beats it; episode.n_way-way training episodes
-# (a small folder of classes suffices); a learning rate 4 x below the CPU recipe's meta.lr
-# (docs/training.md#fine-tuning-a-shipped-model measures it).
+# (a small folder of classes suffices); the CPU recipe's meta.lr, which gave the most on CUB
+# with 23 and with 8 training classes (docs/training.md#fine-tuning-a-shipped-model).
 FINETUNE_DEFAULTS: Dict[str, Any] = {
     "run": {"stage": "meta", "max_steps": 0},
-    "meta": {"epochs": 4, "episodes_per_epoch": 25, "n_way": 0, "lr": 5.0e-4, "schedule": "cosine",
+    "meta": {"epochs": 4, "episodes_per_epoch": 25, "n_way": 0, "lr": 2.0e-3, "schedule": "cosine",
              "warmup_epochs": 0.0, "val_episodes": 200, "val_every": 1, "val_at_start": True},
 }
 
