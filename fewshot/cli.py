@@ -139,7 +139,11 @@ def provenance() -> dict:
     import torch
     import torchvision
 
-    from . import __version__
+    from importlib import metadata
+    try:
+        version = metadata.version("fewshot")
+    except metadata.PackageNotFoundError:       # run from a source tree that is not installed
+        version = None
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     try:
         commit = subprocess.run(["git", "-C", root, "rev-parse", "HEAD"], capture_output=True, text=True,
@@ -147,7 +151,7 @@ def provenance() -> dict:
     except (OSError, subprocess.SubprocessError):
         commit = None
     return {"time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "commit": commit, "versions": {"fewshot": __version__, "python": platform.python_version(),
+            "commit": commit, "versions": {"fewshot": version, "python": platform.python_version(),
                                            "torch": torch.__version__, "torchvision": torchvision.__version__,
                                            "numpy": numpy.__version__}}
 

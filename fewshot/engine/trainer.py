@@ -21,6 +21,7 @@ from ..data.datasets import ImageDataset
 from ..emd.hierarchy import load_class_tree
 from ..errors import ConfigError, FewShotError, OptionError
 from ..models import CosineClassifier, FewShotClassifier, create_model
+from ..models.hub import resolve_checkpoint
 from . import _distributed as ddp
 from . import schedules
 from .._io import lock_folder
@@ -137,7 +138,6 @@ def build_model(config: Config) -> FewShotClassifier:
 def load_trained(path: str, overrides=(), device: str = "") -> Tuple[Config, FewShotClassifier]:
     """The config (with ``key=value`` overrides applied) and model of checkpoint ``path``,
     the model on ``device`` (default: the config's run.device)."""
-    from ..api import resolve_checkpoint
     from ..config import apply_overrides, check, from_dict
 
     path = resolve_checkpoint(path)               # a file, or the name of a shipped model
@@ -366,7 +366,6 @@ def load_pretrained(model: FewShotClassifier, path: str, key: str = "meta.pretra
     name (fine-tuning it on your classes), into ``model``; and each module of ``extra`` (e.g.
     the pretraining head) from the checkpoint's modules of that name where they fit. Returns
     the names of ``extra`` that were loaded. Errors name ``key``."""
-    from ..api import resolve_checkpoint
     path = resolve_checkpoint(path, key)
     checkpoint = load_checkpoint(path)
     state = checkpoint["model"]
