@@ -106,14 +106,14 @@ def _result_path(checkpoint: str, config, info: dict, n_way: int, n_shot: int, n
 
 
 def _check_outputs(outputs: dict, inputs: dict) -> None:
-    """Every output path (flag -> path) is new: it names no existing file, no input (flag -> a
-    path or a list of paths; a path inside an input folder counts too) and no other output."""
+    """Every output path is new: it names no existing file, no input and no other output.
+    ``outputs``: flag -> a path or a list of paths (one flag may write several files);
+    ``inputs``: flag -> a path or a list of paths (a path inside an input folder counts too)."""
     seen = {}
-    ins = [(flag, os.path.realpath(p)) for flag, paths in inputs.items() if paths
-           for p in ([paths] if isinstance(paths, str) else paths)]
-    for flag, path in outputs.items():
-        if not path:
-            continue
+    listed = lambda mapping: [(flag, p) for flag, paths in mapping.items() if paths  # noqa: E731
+                              for p in ([paths] if isinstance(paths, str) else paths)]
+    ins = [(flag, os.path.realpath(p)) for flag, p in listed(inputs)]
+    for flag, path in listed(outputs):
         real = os.path.realpath(path)
         for in_flag, source in ins:
             if real == source or real.startswith(source.rstrip(os.sep) + os.sep):
@@ -399,7 +399,7 @@ def _visualize(argv: Optional[List[str]]) -> int:
         raise FewShotError(f"--queries {bad}: the episode has queries 0 .. {n_queries - 1}")
     paths = ([f"{os.path.splitext(args.out)[0]}_q{q}.png" for q in args.queries] if args.per_query
              else [args.out])
-    _check_outputs({f"--out ({p})": p for p in paths},
+    _check_outputs({"--out": paths},
                    {"--checkpoint": args.checkpoint if os.path.isfile(args.checkpoint) else None,
                     "--episodes-file": ev.episodes_file, "--data-root": config.data.root})
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
@@ -452,7 +452,7 @@ def _predict(argv: Optional[List[str]]) -> int:
     if args.explain:
         stem, ext = os.path.splitext(args.explain)
         pictures = [args.explain] if len(queries) == 1 else [f"{stem}_q{i}{ext}" for i in range(len(queries))]
-        _check_outputs({f"--explain ({p})": p for p in pictures},
+        _check_outputs({"--explain": pictures},
                        {"--support": args.support, "--query": args.query,
                         "--checkpoint": args.checkpoint if os.path.isfile(args.checkpoint) else None})
     from .api import load
