@@ -236,6 +236,7 @@ EVAL_CASES = [
     ("write_episodes_under_a_file", lambda w: ["--write-episodes", str(w["base"] / "ok.json" / "m.json")],
      "--write-episodes"),
     ("result_is_a_folder", lambda w: ["--result", str(w["base"])], "is a folder"),
+    ("episodes_zero", lambda w: ["--episodes", "0"], "--episodes: must be >= 1, got 0"),
     ("eval_solver_option", lambda w: ["--checkpoint", w["deepemd"], "model.options.eval_solver=sinkhorn",
                                       "model.options.eval_solver_options.tol=0"],
      "model.options.eval_solver_options.tol"),
