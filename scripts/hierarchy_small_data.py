@@ -51,7 +51,6 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from fewshot import emd
 from fewshot.data.datasets import build_dataset
 from fewshot.emd.hierarchy import (ClassTree, HXELoss, crm_scores, hierarchy_metrics, lca_heights,
                                    sinkhorn_onehot_loss, soft_labels, tree_emd)
