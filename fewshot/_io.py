@@ -20,7 +20,10 @@ from .errors import FewShotError
 _SUFFIX = ".tmp"
 
 
-def _atomic(path: str, write) -> None:
+def _atomic(path: str, write, place=None) -> str:
+    """Write with ``write(file)`` to a hidden temporary file beside ``path``, flushed to disk, then
+    ``place(tmp)`` puts it at its destination and returns the path it took (default: renamed over
+    ``path``). The temporary file never outlives the call; OSError -> FewShotError naming ``path``."""
     folder = os.path.dirname(os.path.abspath(path))
     try:
         os.makedirs(folder, exist_ok=True)
@@ -33,13 +36,15 @@ def _atomic(path: str, write) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, 0o644)
-        os.replace(tmp, path)  # atomic on POSIX: readers see the old or the new file
-    except BaseException as e:
+        if place is None:
+            os.replace(tmp, path)  # atomic on POSIX: readers see the old or the new file
+            return path
+        return place(tmp)
+    except OSError as e:
+        raise FewShotError(f"cannot write {path!r}: {e.strerror or e}") from None
+    finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
-        if isinstance(e, OSError):
-            raise FewShotError(f"cannot write {path!r}: {e.strerror or e}") from None
-        raise
 
 
 def remove_stale_temporaries(folder: str) -> int:
@@ -80,16 +85,9 @@ def write_new_text(path: str, text: str, numbered: bool = False) -> str:
     temporary file, then hard-linked to ``path``, which fails if another writer got there first.
     ``numbered``: then ``STEM_2.EXT``, ``STEM_3.EXT``, ... are tried, so concurrent writers each
     keep their result; else FewShotError. Returns the path written."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=_SUFFIX, dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(text.encode())
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        stem, ext = os.path.splitext(path)
+    stem, ext = os.path.splitext(path)
+
+    def link(tmp: str) -> str:
         target, k = path, 2
         while True:
             try:
@@ -100,11 +98,7 @@ def write_new_text(path: str, text: str, numbered: bool = False) -> str:
                     raise FewShotError(f"{path!r} already exists; an output never replaces a file: "
                                        f"choose another path") from None
                 target, k = f"{stem}_{k}{ext}", k + 1
-    except OSError as e:
-        raise FewShotError(f"cannot write {path!r}: {e.strerror or e}") from None
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    return _atomic(path, lambda f: f.write(text.encode()), link)
 
 
 def save_checkpoint(path: str, state: Dict[str, Any]) -> None:

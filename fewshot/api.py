@@ -175,5 +175,4 @@ def load(name_or_path: str, device: str = "cpu") -> Predictor:
     from .engine import load_trained
     path = resolve_checkpoint(name_or_path)
     config, model = load_trained(path, device=device)
-    return Predictor(model, config, name_or_path if name_or_path in models_available() and path != name_or_path
-                     else path)
+    return Predictor(model, config, name_or_path)      # as given: the file, or the shipped name

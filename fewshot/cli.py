@@ -11,7 +11,7 @@ import os
 import sys
 from typing import List, Optional
 
-from .config import Config, load_config
+from .config import load_config
 from .errors import FewShotError
 
 DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
@@ -108,11 +108,12 @@ def _result_path(checkpoint: str, config, info: dict, n_way: int, n_shot: int, n
 def _check_outputs(outputs: dict, inputs: dict) -> None:
     """Every output path is new: it names no existing file, no input and no other output.
     ``outputs``: flag -> a path or a list of paths (one flag may write several files);
-    ``inputs``: flag -> a path or a list of paths (a path inside an input folder counts too)."""
+    ``inputs``: flag -> a path or a list of paths (a path inside an input folder counts too; one
+    that does not exist, such as a shipped model's name, is no file to protect)."""
     seen = {}
     listed = lambda mapping: [(flag, p) for flag, paths in mapping.items() if paths  # noqa: E731
                               for p in ([paths] if isinstance(paths, str) else paths)]
-    ins = [(flag, os.path.realpath(p)) for flag, p in listed(inputs)]
+    ins = [(flag, os.path.realpath(p)) for flag, p in listed(inputs) if os.path.exists(p)]
     for flag, path in listed(outputs):
         real = os.path.realpath(path)
         for in_flag, source in ins:
@@ -247,7 +248,7 @@ def _train(argv: Optional[List[str]]) -> int:
 def _finetune(args: argparse.Namespace, overrides: List[str]) -> int:
     """``train.py --finetune MODEL``: the meta stage from MODEL's own config and weights."""
     from .api import resolve_checkpoint
-    from .config import FINETUNE_DEFAULTS, apply_overrides, check, from_dict, merge
+    from .config import FINETUNE_DEFAULTS, build_config, merge
     from ._io import load_checkpoint
     for flag, given in (("--config", args.config), ("--stage", args.stage)):
         if given is not None:
@@ -262,8 +263,7 @@ def _finetune(args: argparse.Namespace, overrides: List[str]) -> int:
                            f"best.pt or a shipped name); to start from a pretrained backbone use "
                            f"--config ... meta.pretrained={args.finetune}")
     data = merge(data, {**FINETUNE_DEFAULTS, "meta": {**FINETUNE_DEFAULTS["meta"], "pretrained": args.finetune}})
-    config = from_dict(Config, apply_overrides(data, overrides), f"--finetune {args.finetune!r}")
-    check(config)
+    config = build_config(data, overrides, f"--finetune {args.finetune!r}")
     from .engine import meta_train
     print(f"fine-tuning {args.finetune}: meta.lr {config.meta.lr:g}, {config.meta.epochs} epochs of "
           f"{config.meta.episodes_per_epoch} episodes, validated first on {config.meta.val_episodes} episodes")
@@ -318,7 +318,7 @@ def _eval(argv: Optional[List[str]]) -> int:
                            f"{ev.episodes_file!r}")
     info = getattr(model, "describe", lambda: {})()
     path = args.result or _result_path(args.checkpoint, config, info, n_way, n_shot, n_episodes)
-    inputs = {"--checkpoint": args.checkpoint if os.path.isfile(args.checkpoint) else None,
+    inputs = {"--checkpoint": args.checkpoint,
               "--episodes-file": ev.episodes_file, "--data-root": config.data.root}
     _check_outputs({"--write-episodes": args.write_episodes, "--result": args.result}, inputs)
     if not args.result:                  # the default name: numbered on writing if taken
@@ -400,7 +400,7 @@ def _visualize(argv: Optional[List[str]]) -> int:
     paths = ([f"{os.path.splitext(args.out)[0]}_q{q}.png" for q in args.queries] if args.per_query
              else [args.out])
     _check_outputs({"--out": paths},
-                   {"--checkpoint": args.checkpoint if os.path.isfile(args.checkpoint) else None,
+                   {"--checkpoint": args.checkpoint,
                     "--episodes-file": ev.episodes_file, "--data-root": config.data.root})
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     explanations = explain_episode(model, episode, args.queries, args.top_flows)
@@ -454,7 +454,7 @@ def _predict(argv: Optional[List[str]]) -> int:
         pictures = [args.explain] if len(queries) == 1 else [f"{stem}_q{i}{ext}" for i in range(len(queries))]
         _check_outputs({"--explain": pictures},
                        {"--support": args.support, "--query": args.query,
-                        "--checkpoint": args.checkpoint if os.path.isfile(args.checkpoint) else None})
+                        "--checkpoint": args.checkpoint})
     from .api import load
     clf = load(args.checkpoint, device=args.device)
     if args.explain and not clf.model.offers_matching:

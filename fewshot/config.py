@@ -337,7 +337,13 @@ def load_config(path: Optional[str] = None, overrides: Optional[List[Any]] = Non
         from_dict(Config, data, where)  # report file errors against the file
     except ConfigError as e:
         raise ConfigError(str(e)) from None
-    config = from_dict(Config, apply_overrides(data, overrides), "config")
+    return build_config(data, overrides)
+
+
+def build_config(data: Dict[str, Any], overrides=(), where: str = "config") -> Config:
+    """The checked Config of a config mapping (a file's, a checkpoint's) with ``overrides``
+    applied (:func:`apply_overrides`); errors name ``where``."""
+    config = from_dict(Config, apply_overrides(data, overrides), where)
     check(config)
     return config
 

@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..config import Config, save_config, size_schedule
+from ..config import Config, build_config, save_config, size_schedule
 from ..data import EpisodeSampler, ManifestSampler, build_dataset, build_transform, device_augment
 from ..data.transforms import image_mode
 from ..data.datasets import ImageDataset
@@ -138,16 +138,12 @@ def build_model(config: Config) -> FewShotClassifier:
 def load_trained(path: str, overrides=(), device: str = "") -> Tuple[Config, FewShotClassifier]:
     """The config (with ``key=value`` overrides applied) and model of checkpoint ``path``,
     the model on ``device`` (default: the config's run.device)."""
-    from ..config import apply_overrides, check, from_dict
-
     path = resolve_checkpoint(path)               # a file, or the name of a shipped model
     state = load_checkpoint(path)
     data = state.get("config")
     if not isinstance(data, dict):
         raise FewShotError(f"checkpoint {path!r} holds no 'config': it was not written by train.py")
-    data = apply_overrides(data, overrides)
-    config: Config = from_dict(Config, data, f"config of checkpoint {path!r}")
-    check(config)
+    config = build_config(data, overrides, f"config of checkpoint {path!r}")
     model = build_model(config).to(resolve_device(device or config.run.device))
     load_weights(model, state["model"], f"checkpoint {path!r}")
     return config, model
